@@ -1,0 +1,393 @@
+//! Configuration structs mirroring transformers' `RTDetrConfig`, `RTDetrResNetConfig`
+//! and the image processor's `preprocessor_config.json`.
+//!
+//! Only fields that change the inference graph are read; everything else in the file is
+//! ignored. Defaults are transformers' defaults (the r50vd layout).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Activation functions used by the checkpoints (transformers' `ACT2FN` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    Silu,
+    /// Exact (erf) GELU, as `nn.GELU()` / `ACT2FN["gelu"]`.
+    Gelu,
+    /// Tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Identity,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            "gelu" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "identity" | "linear" => Self::Identity,
+            other => {
+                return Err(Error::Config(format!("unsupported activation function {other:?}")))
+            }
+        })
+    }
+}
+
+fn default_num_channels() -> usize {
+    3
+}
+fn default_embedding_size() -> usize {
+    64
+}
+fn default_hidden_sizes() -> Vec<usize> {
+    vec![256, 512, 1024, 2048]
+}
+fn default_depths() -> Vec<usize> {
+    vec![3, 4, 6, 3]
+}
+fn default_layer_type() -> String {
+    "bottleneck".into()
+}
+fn default_relu() -> String {
+    "relu".into()
+}
+
+/// `RTDetrResNetConfig` (the `backbone_config` entry of config.json).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResNetConfig {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default = "default_num_channels")]
+    pub num_channels: usize,
+    #[serde(default = "default_embedding_size")]
+    pub embedding_size: usize,
+    #[serde(default = "default_hidden_sizes")]
+    pub hidden_sizes: Vec<usize>,
+    #[serde(default = "default_depths")]
+    pub depths: Vec<usize>,
+    #[serde(default = "default_layer_type")]
+    pub layer_type: String,
+    #[serde(default = "default_relu")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub downsample_in_first_stage: bool,
+    #[serde(default)]
+    pub downsample_in_bottleneck: bool,
+    #[serde(default)]
+    pub out_features: Option<Vec<String>>,
+    #[serde(default)]
+    pub out_indices: Option<Vec<usize>>,
+}
+
+impl Default for ResNetConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults parse")
+    }
+}
+
+impl ResNetConfig {
+    /// Stage indices (1-based stage numbers, as in `stage1..stage4`) whose outputs feed the encoder.
+    pub fn out_stage_indices(&self) -> Result<Vec<usize>> {
+        if let Some(names) = &self.out_features {
+            names
+                .iter()
+                .map(|n| {
+                    n.strip_prefix("stage")
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .filter(|&i| i >= 1 && i <= self.depths.len())
+                        .ok_or_else(|| Error::Config(format!("backbone out_features: bad stage {n:?}")))
+                })
+                .collect()
+        } else if let Some(idx) = &self.out_indices {
+            idx.iter()
+                .map(|&i| {
+                    if i >= 1 && i <= self.depths.len() {
+                        Ok(i)
+                    } else {
+                        Err(Error::Config(format!("backbone out_indices: bad index {i}")))
+                    }
+                })
+                .collect()
+        } else {
+            // RTDetrConfig's default backbone: out_indices [2, 3, 4].
+            Ok(vec![2, 3, 4])
+        }
+    }
+}
+
+macro_rules! defaults {
+    ($($name:ident: $ty:ty = $val:expr;)*) => {
+        $(fn $name() -> $ty { $val })*
+    };
+}
+
+defaults! {
+    d_layer_norm_eps: f64 = 1e-5;
+    d_batch_norm_eps: f64 = 1e-5;
+    d_encoder_hidden_dim: usize = 256;
+    d_encoder_in_channels: Vec<usize> = vec![512, 1024, 2048];
+    d_feat_strides: Vec<usize> = vec![8, 16, 32];
+    d_encoder_layers: usize = 1;
+    d_encoder_ffn_dim: usize = 1024;
+    d_encoder_attention_heads: usize = 8;
+    d_encode_proj_layers: Vec<usize> = vec![2];
+    d_pos_temperature: f64 = 10000.0;
+    d_gelu: String = "gelu".into();
+    d_silu: String = "silu".into();
+    d_relu: String = "relu".into();
+    d_hidden_expansion: f64 = 1.0;
+    d_d_model: usize = 256;
+    d_num_queries: usize = 300;
+    d_decoder_in_channels: Vec<usize> = vec![256, 256, 256];
+    d_decoder_ffn_dim: usize = 1024;
+    d_num_feature_levels: usize = 3;
+    d_decoder_n_points: usize = 4;
+    d_decoder_layers: usize = 6;
+    d_decoder_attention_heads: usize = 8;
+    d_true: bool = true;
+}
+
+/// `RTDetrConfig` as stored in a checkpoint's config.json.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RtDetrConfig {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub backbone_config: Option<ResNetConfig>,
+    #[serde(default = "d_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "d_batch_norm_eps")]
+    pub batch_norm_eps: f64,
+    #[serde(default = "d_encoder_hidden_dim")]
+    pub encoder_hidden_dim: usize,
+    #[serde(default = "d_encoder_in_channels")]
+    pub encoder_in_channels: Vec<usize>,
+    #[serde(default = "d_feat_strides")]
+    pub feat_strides: Vec<usize>,
+    #[serde(default = "d_encoder_layers")]
+    pub encoder_layers: usize,
+    #[serde(default = "d_encoder_ffn_dim")]
+    pub encoder_ffn_dim: usize,
+    #[serde(default = "d_encoder_attention_heads")]
+    pub encoder_attention_heads: usize,
+    #[serde(default = "d_encode_proj_layers")]
+    pub encode_proj_layers: Vec<usize>,
+    #[serde(default = "d_pos_temperature")]
+    pub positional_encoding_temperature: f64,
+    #[serde(default = "d_gelu")]
+    pub encoder_activation_function: String,
+    #[serde(default = "d_silu")]
+    pub activation_function: String,
+    #[serde(default)]
+    pub eval_size: Option<serde_json::Value>,
+    #[serde(default)]
+    pub normalize_before: bool,
+    #[serde(default = "d_hidden_expansion")]
+    pub hidden_expansion: f64,
+    #[serde(default = "d_d_model")]
+    pub d_model: usize,
+    #[serde(default = "d_num_queries")]
+    pub num_queries: usize,
+    #[serde(default = "d_decoder_in_channels")]
+    pub decoder_in_channels: Vec<usize>,
+    #[serde(default = "d_decoder_ffn_dim")]
+    pub decoder_ffn_dim: usize,
+    #[serde(default = "d_num_feature_levels")]
+    pub num_feature_levels: usize,
+    #[serde(default = "d_decoder_n_points")]
+    pub decoder_n_points: usize,
+    #[serde(default = "d_decoder_layers")]
+    pub decoder_layers: usize,
+    #[serde(default = "d_decoder_attention_heads")]
+    pub decoder_attention_heads: usize,
+    #[serde(default = "d_relu")]
+    pub decoder_activation_function: String,
+    #[serde(default)]
+    pub learn_initial_query: bool,
+    #[serde(default)]
+    pub anchor_image_size: Option<serde_json::Value>,
+    #[serde(default = "d_true")]
+    pub with_box_refine: bool,
+    #[serde(default)]
+    pub freeze_backbone_batch_norms: Option<bool>,
+    #[serde(default)]
+    pub id2label: BTreeMap<String, String>,
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+}
+
+impl RtDetrConfig {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: invalid config.json: {e}", path.display())))?;
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
+    pub fn backbone(&self) -> ResNetConfig {
+        self.backbone_config.clone().unwrap_or_default()
+    }
+
+    /// Number of classes: `len(id2label)`, else `num_labels`, else 80.
+    pub fn num_labels(&self) -> usize {
+        if !self.id2label.is_empty() {
+            self.id2label.len()
+        } else {
+            self.num_labels.unwrap_or(80)
+        }
+    }
+
+    /// Class names indexed by class id (`"LABEL_i"` where config.json has none).
+    pub fn labels(&self) -> Vec<String> {
+        (0..self.num_labels())
+            .map(|i| {
+                self.id2label
+                    .get(&i.to_string())
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect()
+    }
+
+    /// The model uses the learned position embedding of the AIFI layer only when
+    /// `eval_size` is unset (transformers drops it otherwise at inference).
+    pub fn aifi_uses_pos_embed(&self) -> bool {
+        matches!(self.eval_size, None | Some(serde_json::Value::Null))
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(t) = &self.model_type {
+            if t != "rt_detr" {
+                return Err(format!(
+                    "unsupported model_type {t:?}: this engine runs RT-DETR (\"rt_detr\") checkpoints"
+                ));
+            }
+        }
+        let bb = self.backbone();
+        if let Some(t) = &bb.model_type {
+            if t != "rt_detr_resnet" {
+                return Err(format!("unsupported backbone model_type {t:?} (expected \"rt_detr_resnet\")"));
+            }
+        }
+        if bb.layer_type != "basic" && bb.layer_type != "bottleneck" {
+            return Err(format!("backbone layer_type must be basic or bottleneck, got {:?}", bb.layer_type));
+        }
+        if bb.depths.len() != bb.hidden_sizes.len() || bb.depths.is_empty() {
+            return Err("backbone depths and hidden_sizes must have the same non-zero length".into());
+        }
+        let outs = bb.out_stage_indices().map_err(|e| e.to_string())?;
+        if outs.len() != self.encoder_in_channels.len() {
+            return Err(format!(
+                "backbone has {} output stages but encoder_in_channels has {} entries",
+                outs.len(),
+                self.encoder_in_channels.len()
+            ));
+        }
+        if self.feat_strides.len() != self.encoder_in_channels.len() {
+            return Err("feat_strides and encoder_in_channels must have the same length".into());
+        }
+        if self.encoder_in_channels.len() < 2 {
+            return Err("the hybrid encoder needs at least two feature levels".into());
+        }
+        for &l in &self.encode_proj_layers {
+            if l >= self.encoder_in_channels.len() {
+                return Err(format!("encode_proj_layers entry {l} out of range"));
+            }
+        }
+        if self.encoder_hidden_dim % self.encoder_attention_heads.max(1) != 0 || self.encoder_attention_heads == 0 {
+            return Err("encoder_hidden_dim must be divisible by encoder_attention_heads".into());
+        }
+        if self.encoder_hidden_dim % 4 != 0 {
+            return Err("encoder_hidden_dim must be divisible by 4 (2D sin-cos embedding)".into());
+        }
+        if self.decoder_attention_heads == 0 || self.d_model % self.decoder_attention_heads != 0 {
+            return Err("d_model must be divisible by decoder_attention_heads".into());
+        }
+        if self.decoder_layers == 0 {
+            return Err("decoder_layers must be at least 1".into());
+        }
+        if self.num_feature_levels < self.decoder_in_channels.len() {
+            return Err("num_feature_levels must be >= len(decoder_in_channels)".into());
+        }
+        if self.decoder_in_channels.len() != self.encoder_in_channels.len() {
+            return Err("decoder_in_channels must have one entry per encoder level".into());
+        }
+        if self.num_queries == 0 {
+            return Err("num_queries must be at least 1".into());
+        }
+        if self.learn_initial_query {
+            return Err("learn_initial_query=true is not supported".into());
+        }
+        if self.num_labels() == 0 {
+            return Err("the checkpoint has no labels".into());
+        }
+        for name in [
+            &self.activation_function,
+            &self.encoder_activation_function,
+            &self.decoder_activation_function,
+            &bb.hidden_act,
+        ] {
+            Activation::parse(name).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// `preprocessor_config.json` of the RT-DETR image processor.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PreprocessorConfig {
+    #[serde(default = "d_true")]
+    pub do_resize: bool,
+    #[serde(default)]
+    pub size: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    pub resample: Option<u32>,
+    #[serde(default = "d_true")]
+    pub do_rescale: bool,
+    #[serde(default)]
+    pub rescale_factor: Option<f64>,
+    #[serde(default)]
+    pub do_normalize: bool,
+    #[serde(default)]
+    pub image_mean: Option<Vec<f64>>,
+    #[serde(default)]
+    pub image_std: Option<Vec<f64>>,
+    #[serde(default)]
+    pub do_pad: bool,
+}
+
+impl Default for PreprocessorConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults parse")
+    }
+}
+
+impl PreprocessorConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: invalid preprocessor_config.json: {e}", path.display())))
+    }
+
+    /// Target `(height, width)`; 640x640 when unset.
+    pub fn target_size(&self) -> Result<(usize, usize)> {
+        let Some(size) = &self.size else { return Ok((640, 640)) };
+        let get = |k: &str| size.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        match (get("height"), get("width")) {
+            (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h, w)),
+            _ => Err(Error::Config(format!(
+                "preprocessor_config.json: only size {{\"height\", \"width\"}} is supported, got {size:?}"
+            ))),
+        }
+    }
+}

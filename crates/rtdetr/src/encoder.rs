@@ -1,0 +1,257 @@
+//! Hybrid encoder (`RTDetrHybridEncoder`): input projections, the AIFI transformer
+//! layer on the coarsest level with a 2-D sin-cos position embedding, then the CCFM
+//! top-down (FPN) and bottom-up (PAN) fusion with RepVGG-style CSP blocks.
+
+use candle_core::{Device, Tensor};
+
+use crate::config::{Activation, RtDetrConfig};
+use crate::error::Result;
+use crate::nn::{activate, multi_head_attention, ConvBn, LayerNorm, Linear};
+use crate::weights::Weights;
+
+/// `RTDetrEncoderLayer` (post-norm unless `normalize_before`).
+struct EncoderLayer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    attn_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_norm: LayerNorm,
+    heads: usize,
+    act: Activation,
+    normalize_before: bool,
+}
+
+impl EncoderLayer {
+    fn load(w: &Weights, key: &str, cfg: &RtDetrConfig) -> Result<Self> {
+        let d = cfg.encoder_hidden_dim;
+        let ffn = cfg.encoder_ffn_dim;
+        let a = format!("{key}.self_attn");
+        Ok(Self {
+            q: Linear::load(w, &format!("{a}.q_proj"), d, d)?,
+            k: Linear::load(w, &format!("{a}.k_proj"), d, d)?,
+            v: Linear::load(w, &format!("{a}.v_proj"), d, d)?,
+            o: Linear::load(w, &format!("{a}.o_proj"), d, d)?,
+            attn_norm: LayerNorm::load(w, &format!("{key}.self_attn_layer_norm"), d, cfg.layer_norm_eps)?,
+            fc1: Linear::load(w, &format!("{key}.mlp.fc1"), d, ffn)?,
+            fc2: Linear::load(w, &format!("{key}.mlp.fc2"), ffn, d)?,
+            final_norm: LayerNorm::load(w, &format!("{key}.final_layer_norm"), d, cfg.layer_norm_eps)?,
+            heads: cfg.encoder_attention_heads,
+            act: Activation::parse(&cfg.encoder_activation_function)?,
+            normalize_before: cfg.normalize_before,
+        })
+    }
+
+    /// `x`: (B, L, D); `pos`: (1, L, D) added to queries and keys.
+    fn forward(&self, x: &Tensor, pos: Option<&Tensor>) -> Result<Tensor> {
+        let residual = x.clone();
+        let h = if self.normalize_before { self.attn_norm.forward(x)? } else { x.clone() };
+        let qk_in = match pos {
+            Some(p) => h.broadcast_add(p)?,
+            None => h.clone(),
+        };
+        let attn = multi_head_attention(&self.q.forward(&qk_in)?, &self.k.forward(&qk_in)?, &self.v.forward(&h)?, self.heads)?;
+        let mut h = (residual + self.o.forward(&attn)?)?;
+        if !self.normalize_before {
+            h = self.attn_norm.forward(&h)?;
+        }
+        if self.normalize_before {
+            h = self.final_norm.forward(&h)?;
+        }
+        let residual = h.clone();
+        let m = self.fc2.forward(&activate(&self.fc1.forward(&h)?, self.act)?)?;
+        let mut h = (residual + m)?;
+        if !self.normalize_before {
+            h = self.final_norm.forward(&h)?;
+        }
+        Ok(h)
+    }
+}
+
+/// 2-D sin-cos embedding `[sin_h | cos_h | sin_w | cos_w]`, row-major positions,
+/// frequencies computed in f64 as the reference does: (1, H*W, dim).
+pub fn sincos_position_embedding(height: usize, width: usize, dim: usize, temperature: f64, device: &Device) -> Result<Tensor> {
+    let pos_dim = dim / 4;
+    let omega: Vec<f64> = (0..pos_dim).map(|i| 1.0 / temperature.powf(i as f64 / pos_dim as f64)).collect();
+    let mut data = Vec::with_capacity(height * width * dim);
+    for y in 0..height {
+        for x in 0..width {
+            for f in [f64::sin, f64::cos] {
+                data.extend(omega.iter().map(|o| f(y as f64 * o) as f32));
+            }
+            for f in [f64::sin, f64::cos] {
+                data.extend(omega.iter().map(|o| f(x as f64 * o) as f32));
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, height * width, dim), device)?)
+}
+
+/// `RTDetrRepVggBlock`: act(conv3x3(x) + conv1x1(x)).
+struct RepVggBlock {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    act: Activation,
+}
+
+/// `RTDetrCSPRepLayer`.
+struct CspRepLayer {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    blocks: Vec<RepVggBlock>,
+    conv3: Option<ConvBn>,
+}
+
+fn conv_norm(w: &Weights, key: &str, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, cfg: &RtDetrConfig, act: Activation) -> Result<ConvBn> {
+    ConvBn::load(w, &format!("{key}.conv"), &format!("{key}.norm"), c_in, c_out, k, stride, padding, cfg.batch_norm_eps, act)
+}
+
+impl CspRepLayer {
+    fn load(w: &Weights, key: &str, cfg: &RtDetrConfig) -> Result<Self> {
+        let act = Activation::parse(&cfg.activation_function)?;
+        let out = cfg.encoder_hidden_dim;
+        let c_in = out * 2;
+        let hidden = (out as f64 * cfg.hidden_expansion) as usize;
+        let mut blocks = Vec::new();
+        for i in 0..3 {
+            let b = format!("{key}.bottlenecks.{i}");
+            blocks.push(RepVggBlock {
+                conv1: conv_norm(w, &format!("{b}.conv1"), hidden, hidden, 3, 1, 1, cfg, Activation::Identity)?,
+                conv2: conv_norm(w, &format!("{b}.conv2"), hidden, hidden, 1, 1, 0, cfg, Activation::Identity)?,
+                act,
+            });
+        }
+        let conv3 = if hidden != out {
+            Some(conv_norm(w, &format!("{key}.conv3"), hidden, out, 1, 1, 0, cfg, act)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv_norm(w, &format!("{key}.conv1"), c_in, hidden, 1, 1, 0, cfg, act)?,
+            conv2: conv_norm(w, &format!("{key}.conv2"), c_in, hidden, 1, 1, 0, cfg, act)?,
+            blocks,
+            conv3,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h1 = self.conv1.forward(x)?;
+        for b in &self.blocks {
+            h1 = activate(&(b.conv1.forward(&h1)? + b.conv2.forward(&h1)?)?, b.act)?;
+        }
+        let h = (h1 + self.conv2.forward(x)?)?;
+        match &self.conv3 {
+            Some(c) => c.forward(&h),
+            None => Ok(h),
+        }
+    }
+}
+
+/// Input projections + hybrid encoder. Output: one (B, D, H, W) map per level.
+pub struct HybridEncoder {
+    input_proj: Vec<ConvBn>,
+    aifi: Vec<(usize, Vec<EncoderLayer>)>,
+    lateral: Vec<ConvBn>,
+    fpn: Vec<CspRepLayer>,
+    downsample: Vec<ConvBn>,
+    pan: Vec<CspRepLayer>,
+    dim: usize,
+    temperature: f64,
+    use_pos: bool,
+}
+
+impl HybridEncoder {
+    pub fn load(w: &Weights, cfg: &RtDetrConfig, backbone_channels: &[usize]) -> Result<Self> {
+        let d = cfg.encoder_hidden_dim;
+        let act = Activation::parse(&cfg.activation_function)?;
+        let mut input_proj = Vec::new();
+        for (i, &c) in backbone_channels.iter().enumerate() {
+            // nn.BatchNorm2d(encoder_hidden_dim) with its default eps.
+            input_proj.push(ConvBn::load(
+                w,
+                &format!("model.encoder_input_proj.{i}.0"),
+                &format!("model.encoder_input_proj.{i}.1"),
+                c,
+                d,
+                1,
+                1,
+                0,
+                1e-5,
+                Activation::Identity,
+            )?);
+        }
+        let mut aifi = Vec::new();
+        if cfg.encoder_layers > 0 {
+            for (i, &level) in cfg.encode_proj_layers.iter().enumerate() {
+                let layers = (0..cfg.encoder_layers)
+                    .map(|j| EncoderLayer::load(w, &format!("model.encoder.aifi.{i}.layers.{j}"), cfg))
+                    .collect::<Result<Vec<_>>>()?;
+                aifi.push((level, layers));
+            }
+        }
+        let n = backbone_channels.len() - 1;
+        let mut lateral = Vec::new();
+        let mut fpn = Vec::new();
+        let mut downsample = Vec::new();
+        let mut pan = Vec::new();
+        for i in 0..n {
+            lateral.push(conv_norm(w, &format!("model.encoder.lateral_convs.{i}"), d, d, 1, 1, 0, cfg, act)?);
+            fpn.push(CspRepLayer::load(w, &format!("model.encoder.fpn_blocks.{i}"), cfg)?);
+            downsample.push(conv_norm(w, &format!("model.encoder.downsample_convs.{i}"), d, d, 3, 2, 1, cfg, act)?);
+            pan.push(CspRepLayer::load(w, &format!("model.encoder.pan_blocks.{i}"), cfg)?);
+        }
+        Ok(Self {
+            input_proj,
+            aifi,
+            lateral,
+            fpn,
+            downsample,
+            pan,
+            dim: d,
+            temperature: cfg.positional_encoding_temperature,
+            use_pos: cfg.aifi_uses_pos_embed(),
+        })
+    }
+
+    pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
+        let mut maps = features
+            .iter()
+            .zip(&self.input_proj)
+            .map(|(f, p)| p.forward(f))
+            .collect::<Result<Vec<_>>>()?;
+        for (level, layers) in &self.aifi {
+            let x = &maps[*level];
+            let (b, c, h, w) = x.dims4()?;
+            let mut seq = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+            let pos = if self.use_pos {
+                Some(sincos_position_embedding(h, w, self.dim, self.temperature, x.device())?)
+            } else {
+                None
+            };
+            for l in layers {
+                seq = l.forward(&seq, pos.as_ref())?;
+            }
+            maps[*level] = seq.transpose(1, 2)?.reshape((b, c, h, w))?.contiguous()?;
+        }
+        let n = self.lateral.len();
+        let mut fpn_maps = vec![maps[n].clone()];
+        for idx in 0..n {
+            let lower = &maps[n - idx - 1];
+            let last = fpn_maps.len() - 1;
+            let top = self.lateral[idx].forward(&fpn_maps[last])?;
+            fpn_maps[last] = top.clone();
+            let (_, _, h, w) = top.dims4()?;
+            let up = top.upsample_nearest2d(h * 2, w * 2)?;
+            fpn_maps.push(self.fpn[idx].forward(&Tensor::cat(&[&up, lower], 1)?)?);
+        }
+        fpn_maps.reverse();
+        let mut pan_maps = vec![fpn_maps[0].clone()];
+        for idx in 0..n {
+            let down = self.downsample[idx].forward(&pan_maps[pan_maps.len() - 1])?;
+            pan_maps.push(self.pan[idx].forward(&Tensor::cat(&[&down, &fpn_maps[idx + 1]], 1)?)?);
+        }
+        Ok(pan_maps)
+    }
+}

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Generates the engine's parity fixtures with transformers + torch (dev tool only).
+
+For each fixture model: a checkpoint directory in the exact Hugging Face layout
+(config.json, model.safetensors, preprocessor_config.json) with a *healthy* random
+init, and `reference.safetensors` holding the reference tensors of every stage for
+each test image, plus `detections.json` with post-processed detections.
+
+Random init is ill-conditioned for RT-DETR (encoder scores tie, top-k flips on 1e-6
+noise), so the init here is: Kaiming-normal convs, Xavier linears (except the
+deformable sampling_offsets / attention_weights), non-trivial BatchNorm statistics and
+an encoder score head widened x10. Each fixture is checked to be well conditioned
+(a 1e-5 input perturbation moves logits by < 1e-4 and keeps the top-k) before saving.
+
+Usage:
+  python tools/gen_fixtures.py                       # small fixtures under tests/fixtures
+  python tools/gen_fixtures.py --full r18vd r50vd    # full-size checkpoints (not in CI)
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import save_file
+from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+from transformers.image_utils import load_image
+from transformers.models.rt_detr.image_processing_pil_rt_detr import RTDetrImageProcessorPil
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "crates" / "rtdetr" / "tests" / "fixtures"
+
+LEGACY_RENAMES = [  # transformers 5 name -> 4.x name (what the Hub checkpoints use)
+    (".o_proj.", ".out_proj."),
+    (".mlp.fc1.", ".fc1."),
+    (".mlp.fc2.", ".fc2."),
+    ("model.encoder.aifi.", "model.encoder.encoder."),
+]
+
+
+def healthy_init(model: RTDetrForObjectDetection, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.Conv2d):
+                fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.02)
+            elif isinstance(m, torch.nn.Linear):
+                if name.endswith("sampling_offsets") or name.endswith("attention_weights"):
+                    # Keep transformers' init (zero weight, structured offset bias) but add a
+                    # little weight so offsets depend on the query.
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
+                    continue
+                fan_in, fan_out = m.weight.shape[1], m.weight.shape[0]
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                m.weight.copy_((torch.rand(m.weight.shape, generator=g) * 2 - 1) * bound)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
+            elif hasattr(m, "running_mean") and hasattr(m, "running_var"):
+                n = m.running_mean.shape[0]
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g) * 1.5)
+                m.weight.copy_(0.5 + torch.rand(n, generator=g) * 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+        model.model.enc_score_head.weight.mul_(10.0)
+
+
+def synthetic_photo(w, h, seed, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack(
+        [
+            127 + 100 * np.sin(x / (7 + seed) + rng.uniform(0, 6)),
+            127 + 100 * np.cos(y / (11 + seed)),
+            127 + 90 * np.sin((x + y) / 17.0),
+        ],
+        -1,
+    )
+    base += rng.normal(0, 12, base.shape)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = rng.integers(0, w - 20), rng.integers(0, h - 20)
+        x1, y1 = x0 + rng.integers(10, w // 2), y0 + rng.integers(10, h // 2)
+        col = tuple(int(c) for c in rng.integers(0, 255, 3))
+        if rng.random() < 0.5:
+            d.ellipse([x0, y0, x1, y1], fill=col)
+        else:
+            d.rectangle([x0, y0, x1, y1], fill=col)
+    if mode == "L":
+        return img.convert("L")
+    if mode == "RGBA":
+        a = Image.fromarray(np.clip(x * 255 / w, 0, 255).astype(np.uint8), "L")
+        img = img.copy()
+        img.putalpha(a)
+        return img
+    return img
+
+
+def write_images(dest: Path):
+    """The test photos: JPEG (with EXIF orientation 6), PNG, grayscale PNG, RGBA PNG."""
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {}
+    jpg = synthetic_photo(180, 120, 1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° CW on display
+    jpg.save(dest / "photo_exif.jpg", quality=90, exif=exif.tobytes())
+    files["photo_exif.jpg"] = None
+    synthetic_photo(150, 200, 2).save(dest / "photo.png")
+    synthetic_photo(160, 100, 3, "L").save(dest / "gray.png")
+    synthetic_photo(120, 130, 4, "RGBA").save(dest / "rgba.png")
+    return ["photo_exif.jpg", "photo.png", "gray.png", "rgba.png"]
+
+
+FIXTURES = {
+    # Bottleneck blocks, non-square input, all decoder layers.
+    "tiny-bottleneck": dict(
+        backbone=dict(layer_type="bottleneck", depths=[1, 1, 2, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=16),
+        model=dict(
+            encoder_in_channels=[64, 128, 256], encoder_hidden_dim=32, encoder_ffn_dim=64, encoder_attention_heads=4,
+            hidden_expansion=1.0, d_model=32, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=64,
+            decoder_layers=3, decoder_attention_heads=4, num_queries=40, num_labels=6,
+        ),
+        size=(96, 128), seed=11, legacy=False,
+    ),
+    # Basic blocks, hidden_expansion 0.5, square input, legacy (4.x / Hub) key names.
+    "tiny-basic-legacy": dict(
+        backbone=dict(layer_type="basic", depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 64, 128], embedding_size=16),
+        model=dict(
+            encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32, encoder_ffn_dim=64, encoder_attention_heads=8,
+            hidden_expansion=0.5, d_model=32, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=48,
+            decoder_layers=2, decoder_attention_heads=8, num_queries=25, num_labels=4,
+        ),
+        size=(64, 64), seed=12, legacy=True,
+    ),
+}
+
+FULL = {
+    "r18vd": dict(
+        backbone=dict(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=64),
+        model=dict(encoder_in_channels=[128, 256, 512], hidden_expansion=0.5, decoder_layers=3, num_labels=80),
+        size=(640, 640), seed=18, legacy=True,
+    ),
+    "r50vd": dict(
+        backbone=dict(layer_type="bottleneck", depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
+        model=dict(encoder_in_channels=[512, 1024, 2048], hidden_expansion=1.0, decoder_layers=6, num_labels=80),
+        size=(640, 640), seed=50, legacy=True,
+    ),
+}
+
+
+def build(spec):
+    bb = RTDetrResNetConfig(**spec["backbone"], out_features=["stage2", "stage3", "stage4"])
+    m = dict(spec["model"])
+    n = m.pop("num_labels")
+    cfg = RTDetrConfig(backbone_config=bb, num_labels=n, **m)
+    cfg.id2label = {i: f"class_{i}" for i in range(n)}
+    cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    torch.manual_seed(spec["seed"])
+    model = RTDetrForObjectDetection(cfg).eval()
+    healthy_init(model, spec["seed"])
+    return model
+
+
+def stage_tensors(model, pixel_values, prefix):
+    """Reference tensors of every stage for one (1,3,H,W) input."""
+    out = {}
+    with torch.no_grad():
+        o = model(pixel_values=pixel_values, output_hidden_states=True)
+        mdl = model.model
+        feats = mdl.backbone(pixel_values, torch.ones(pixel_values.shape[0], *pixel_values.shape[2:]))
+        for i, (f, _) in enumerate(feats):
+            out[f"{prefix}backbone.{i}"] = f
+        proj = [mdl.encoder_input_proj[i](f) for i, (f, _) in enumerate(feats)]
+        enc = mdl.encoder(proj).last_hidden_state
+        for i, e in enumerate(enc):
+            out[f"{prefix}encoder.{i}"] = e
+        q = model.config.num_queries
+        idx = torch.topk(o.enc_outputs_class.max(-1).values, q, dim=1).indices
+        out[f"{prefix}topk_indices"] = idx.to(torch.int64)
+        out[f"{prefix}enc_topk_logits"] = o.enc_topk_logits
+        out[f"{prefix}enc_topk_bboxes"] = o.enc_topk_bboxes
+        for i in range(o.intermediate_logits.shape[1]):
+            out[f"{prefix}decoder.{i}.logits"] = o.intermediate_logits[:, i]
+            out[f"{prefix}decoder.{i}.boxes"] = o.intermediate_reference_points[:, i]
+        out[f"{prefix}logits"] = o.logits
+        out[f"{prefix}pred_boxes"] = o.pred_boxes
+        # Conditioning check: a 1e-5 perturbation must barely move the outputs.
+        o2 = model(pixel_values=pixel_values + 1e-5 * torch.randn_like(pixel_values))
+        dl = (o2.logits - o.logits).abs().max().item()
+        idx2 = torch.topk(o2.enc_outputs_class.max(-1).values, q, dim=1).indices
+        if dl >= 1e-4 or not torch.equal(idx.sort(1).values, idx2.sort(1).values):
+            raise SystemExit(f"{prefix}: fixture ill-conditioned (logit drift {dl:.2e}); change the seed")
+        # Well separated top-k: the gap at the cut-off must dwarf fp32 noise.
+        best = o.enc_outputs_class.max(-1).values.sort(1, descending=True).values
+        gap = (best[:, q - 1] - best[:, q]).min().item() if best.shape[1] > q else 1.0
+        print(f"  {prefix or 'main'}: logit drift {dl:.1e}, top-k cut-off gap {gap:.2e}")
+    return out, o
+
+
+def detections_json(processor, outputs, sizes, labels, threshold):
+    res = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
+    out = []
+    for r in res:
+        dets = []
+        for s, l, b in zip(r["scores"].tolist(), r["labels"].tolist(), r["boxes"].tolist()):
+            dets.append({"label": labels[l], "class_id": l, "score": s, "box": dict(zip(["xmin", "ymin", "xmax", "ymax"], b))})
+        out.append(dets)
+    return out
+
+
+def save_checkpoint(model, spec, dest: Path):
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    h, w = spec["size"]
+    RTDetrImageProcessorPil(size={"height": h, "width": w}).save_pretrained(dest)
+    if spec["legacy"]:
+        from safetensors.torch import load_file
+
+        sd = load_file(dest / "model.safetensors")
+        renamed = {}
+        for k, v in sd.items():
+            for new, old in LEGACY_RENAMES:
+                k = k.replace(new, old)
+            renamed[k] = v.contiguous()
+        save_file(renamed, dest / "model.safetensors", metadata={"format": "pt"})
+
+
+def make_fixture(name, spec, dest_root: Path, images_dir: Path, image_files, tiny: bool):
+    print(f"{name}:")
+    model = build(spec)
+    dest = dest_root / name
+    save_checkpoint(model, spec, dest)
+    h, w = spec["size"]
+    processor = RTDetrImageProcessorPil(size={"height": h, "width": w})
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    tensors = {}
+    dets = {}
+    # 1. A random input of the configured size: stage-by-stage reference.
+    g = torch.Generator().manual_seed(spec["seed"] + 1000)
+    pv = torch.rand(1, 3, h, w, generator=g)
+    tensors["random.pixel_values"] = pv
+    t, _ = stage_tensors(model, pv, "random.")
+    tensors.update(t)
+    # 2. A batch of the real test images (different original sizes): pixels, outputs, detections.
+    imgs = [load_image(str(images_dir / f)) for f in image_files]
+    batch = processor(images=imgs, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model(pixel_values=batch)
+    for i, f in enumerate(image_files):
+        tensors[f"images.{f}.pixel_values"] = batch[i : i + 1]
+        tensors[f"images.{f}.logits"] = out.logits[i : i + 1]
+        tensors[f"images.{f}.pred_boxes"] = out.pred_boxes[i : i + 1]
+        # Per-image conditioning check as well.
+        stage_tensors(model, batch[i : i + 1], f"{f}.")
+    sizes = [(im.height, im.width) for im in imgs]
+    for thr in (0.0, 0.3):
+        for f, d in zip(image_files, detections_json(processor, out, sizes, labels, thr)):
+            dets.setdefault(f, {})[str(thr)] = {"width": sizes[image_files.index(f)][1], "height": sizes[image_files.index(f)][0], "detections": d}
+    # 3. Decoder depth cut: layer N's heads must equal the intermediate outputs of layer N.
+    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, dest / "reference.safetensors")
+    (dest / "detections.json").write_text(json.dumps(dets, indent=1))
+    print(f"  wrote {dest}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", nargs="*", help="also write full-size checkpoints (r18vd, r50vd) to --full-dir")
+    ap.add_argument("--full-dir", default="/tmp/rtdetr-full")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    images_dir = FIX / "images"
+    files = write_images(images_dir)
+    if args.full:
+        for name in args.full:
+            make_fixture(name, FULL[name], Path(args.full_dir), images_dir, files, tiny=False)
+        return
+    for name, spec in FIXTURES.items():
+        make_fixture(name, spec, FIX, images_dir, files, tiny=True)
+
+
+if __name__ == "__main__":
+    main()
