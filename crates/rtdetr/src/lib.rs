@@ -18,6 +18,7 @@ pub mod model;
 pub mod nn;
 pub mod postprocess;
 pub mod preprocess;
+pub mod resize;
 pub mod weights;
 
 pub use detector::Detector;

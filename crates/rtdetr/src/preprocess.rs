@@ -5,11 +5,11 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 use crate::config::PreprocessorConfig;
 use crate::error::{Error, Result};
+use crate::resize::{resize_rgb8, Filter};
 
 /// Default cap on decoded pixels (about 8K x 8K); guards against decompression bombs.
 pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
@@ -43,6 +43,7 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(format!("cannot read image: {e}")))?;
+    let format = reader.format().ok_or_else(|| Error::Image("unsupported or unrecognised image format".into()))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
@@ -53,9 +54,43 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
         .into_decoder()
         .map_err(|e| Error::Image(format!("cannot decode image: {e}")))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| Error::Image(format!("cannot decode image: {e}")))?;
+    let mut img = match format {
+        // Pillow decodes JPEG with libjpeg-turbo; other decoders differ by a few levels in
+        // chroma upsampling, so use the same library for identical pixels.
+        image::ImageFormat::Jpeg => match decode_jpeg_libjpeg(bytes)? {
+            Some(rgb) => DynamicImage::ImageRgb8(rgb),
+            None => DynamicImage::from_decoder(decoder).map_err(|e| Error::Image(format!("cannot decode image: {e}")))?,
+        },
+        _ => DynamicImage::from_decoder(decoder).map_err(|e| Error::Image(format!("cannot decode image: {e}")))?,
+    };
     img.apply_orientation(orientation);
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
+}
+
+/// Decodes a JPEG with libjpeg (through mozjpeg, whose decoder is libjpeg-turbo's).
+/// `Ok(None)` when libjpeg cannot produce RGB (e.g. CMYK): the caller falls back.
+fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>> {
+    // libjpeg only warns on a missing end of image and pads with grey: refuse instead.
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        return Err(Error::Image("truncated JPEG (no end-of-image marker)".into()));
+    }
+    let result = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
+        let d = mozjpeg::Decompress::new_mem(bytes)?;
+        if matches!(d.color_space(), mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK) {
+            return Ok(None);
+        }
+        let mut started = d.rgb()?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let pixels: Vec<u8> = started.read_scanlines()?;
+        started.finish()?;
+        Ok(RgbImage::from_raw(w, h, pixels))
+    });
+    match result {
+        Ok(Ok(img)) => Ok(img),
+        Ok(Err(e)) => Err(Error::Image(format!("cannot decode JPEG: {e}"))),
+        Err(_) => Err(Error::Image("cannot decode JPEG: corrupt data".into())),
+    }
 }
 
 /// Reads and decodes an image file.
@@ -72,23 +107,16 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
 pub struct Preprocessor {
     /// Target (height, width); `None` keeps the image size (do_resize false).
     pub size: Option<(usize, usize)>,
-    filter: fr::ResizeAlg,
+    filter: Filter,
     rescale: Option<f64>,
     normalize: Option<([f64; 3], [f64; 3])>,
 }
 
 impl Preprocessor {
     pub fn from_config(cfg: &PreprocessorConfig) -> Result<Self> {
-        use fr::{FilterType, ResizeAlg};
-        let filter = match cfg.resample.unwrap_or(2) {
-            0 => ResizeAlg::Nearest,
-            1 => ResizeAlg::Convolution(FilterType::Lanczos3),
-            2 => ResizeAlg::Convolution(FilterType::Bilinear),
-            3 => ResizeAlg::Convolution(FilterType::CatmullRom),
-            4 => ResizeAlg::Convolution(FilterType::Box),
-            5 => ResizeAlg::Convolution(FilterType::Hamming),
-            r => return Err(Error::Config(format!("preprocessor_config.json: unsupported resample {r}"))),
-        };
+        let code = cfg.resample.unwrap_or(2);
+        let filter = Filter::from_pil_code(code)
+            .ok_or_else(|| Error::Config(format!("preprocessor_config.json: unsupported resample {code}")))?;
         let normalize = if cfg.do_normalize {
             let mean = cfg.image_mean.clone().unwrap_or_else(|| vec![0.485, 0.456, 0.406]);
             let std = cfg.image_std.clone().unwrap_or_else(|| vec![0.229, 0.224, 0.225]);
@@ -122,22 +150,11 @@ impl Preprocessor {
         self.size.unwrap_or((img_h, img_w))
     }
 
-    /// Resizes the 8-bit image (Pillow-equivalent) and returns CHW f32 pixels.
+    /// Resizes the 8-bit image (exactly as Pillow) and returns CHW f32 pixels.
     pub fn pixels(&self, img: &RgbImage) -> Result<Vec<f32>> {
         let (w, h) = img.dimensions();
         let (oh, ow) = self.output_size(h as usize, w as usize);
-        let resized: Vec<u8> = if (oh, ow) == (h as usize, w as usize) {
-            img.as_raw().clone()
-        } else {
-            let src = fr::images::ImageRef::new(w, h, img.as_raw(), fr::PixelType::U8x3)
-                .map_err(|e| Error::Image(format!("resize: {e}")))?;
-            let mut dst = fr::images::Image::new(ow as u32, oh as u32, fr::PixelType::U8x3);
-            let opts = fr::ResizeOptions::new().resize_alg(self.filter);
-            fr::Resizer::new()
-                .resize(&src, &mut dst, &opts)
-                .map_err(|e| Error::Image(format!("resize: {e}")))?;
-            dst.into_vec()
-        };
+        let resized = resize_rgb8(img.as_raw(), w as usize, h as usize, ow, oh, self.filter);
         let plane = oh * ow;
         let mut out = vec![0f32; 3 * plane];
         for (i, px) in resized.chunks_exact(3).enumerate() {
