@@ -35,12 +35,6 @@ from transformers.models.rt_detr.image_processing_pil_rt_detr import RTDetrImage
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "crates" / "rtdetr" / "tests" / "fixtures"
 
-LEGACY_RENAMES = [  # transformers 5 name -> 4.x name (what the Hub checkpoints use)
-    (".o_proj.", ".out_proj."),
-    (".mlp.fc1.", ".fc1."),
-    (".mlp.fc2.", ".fc2."),
-    ("model.encoder.aifi.", "model.encoder.encoder."),
-]
 
 
 def healthy_init(model: RTDetrForObjectDetection, seed: int):
@@ -120,7 +114,7 @@ def write_images(dest: Path):
 
 
 FIXTURES = {
-    # Bottleneck blocks, non-square input, all decoder layers.
+    # Bottleneck blocks, non-square input, transformers 5 module key names.
     "tiny-bottleneck": dict(
         backbone=dict(layer_type="bottleneck", depths=[1, 1, 2, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=16),
         model=dict(
@@ -130,7 +124,7 @@ FIXTURES = {
         ),
         size=(96, 128), seed=11, legacy=False,
     ),
-    # Basic blocks, hidden_expansion 0.5, square input, legacy (4.x / Hub) key names.
+    # Basic blocks, hidden_expansion 0.5, square input, Hub (4.x) key names as save_pretrained writes.
     "tiny-basic-legacy": dict(
         backbone=dict(layer_type="basic", depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 64, 128], embedding_size=16),
         model=dict(
@@ -169,7 +163,7 @@ def build(spec):
     return model
 
 
-def stage_tensors(model, pixel_values, prefix):
+def stage_tensors(model, pixel_values, prefix, strict=True):
     """Reference tensors of every stage for one (1,3,H,W) input."""
     out = {}
     with torch.no_grad():
@@ -197,7 +191,9 @@ def stage_tensors(model, pixel_values, prefix):
         dl = (o2.logits - o.logits).abs().max().item()
         idx2 = torch.topk(o2.enc_outputs_class.max(-1).values, q, dim=1).indices
         if dl >= 1e-4 or not torch.equal(idx.sort(1).values, idx2.sort(1).values):
-            raise SystemExit(f"{prefix}: fixture ill-conditioned (logit drift {dl:.2e}); change the seed")
+            if strict:
+                raise SystemExit(f"{prefix}: fixture ill-conditioned (logit drift {dl:.2e}); change the seed")
+            print(f"  WARNING {prefix}: ill-conditioned on this input (logit drift {dl:.2e}); compare it loosely")
         # Well separated top-k: the gap at the cut-off must dwarf fp32 noise.
         best = o.enc_outputs_class.max(-1).values.sort(1, descending=True).values
         gap = (best[:, q - 1] - best[:, q]).min().item() if best.shape[1] > q else 1.0
@@ -221,16 +217,11 @@ def save_checkpoint(model, spec, dest: Path):
     model.save_pretrained(dest)
     h, w = spec["size"]
     RTDetrImageProcessorPil(size={"height": h, "width": w}).save_pretrained(dest)
-    if spec["legacy"]:
-        from safetensors.torch import load_file
-
-        sd = load_file(dest / "model.safetensors")
-        renamed = {}
-        for k, v in sd.items():
-            for new, old in LEGACY_RENAMES:
-                k = k.replace(new, old)
-            renamed[k] = v.contiguous()
-        save_file(renamed, dest / "model.safetensors", metadata={"format": "pt"})
+    if not spec["legacy"]:
+        # save_pretrained writes the Hub (transformers 4.x) key names; also cover the
+        # transformers 5 module names (o_proj, mlp.fc1, encoder.aifi) by writing those.
+        sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if "num_batches_tracked" not in k}
+        save_file(sd, dest / "model.safetensors", metadata={"format": "pt"})
 
 
 def make_fixture(name, spec, dest_root: Path, images_dir: Path, image_files, tiny: bool):
@@ -259,7 +250,7 @@ def make_fixture(name, spec, dest_root: Path, images_dir: Path, image_files, tin
         tensors[f"images.{f}.logits"] = out.logits[i : i + 1]
         tensors[f"images.{f}.pred_boxes"] = out.pred_boxes[i : i + 1]
         # Per-image conditioning check as well.
-        stage_tensors(model, batch[i : i + 1], f"{f}.")
+        stage_tensors(model, batch[i : i + 1], f"{f}.", strict=tiny)
     sizes = [(im.height, im.width) for im in imgs]
     for thr in (0.0, 0.3):
         for f, d in zip(image_files, detections_json(processor, out, sizes, labels, thr)):
@@ -275,7 +266,7 @@ def main():
     ap.add_argument("--full", nargs="*", help="also write full-size checkpoints (r18vd, r50vd) to --full-dir")
     ap.add_argument("--full-dir", default="/tmp/rtdetr-full")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("FIXTURE_THREADS", "2")))
     images_dir = FIX / "images"
     files = write_images(images_dir)
     if args.full:

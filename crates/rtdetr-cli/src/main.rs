@@ -1,1 +1,121 @@
-fn main() {}
+//! `rtdetr`: detect objects, benchmark, evaluate and serve RT-DETR checkpoints.
+
+mod bench;
+mod detect;
+mod eval;
+
+use clap::{Parser, Subcommand};
+
+/// RT-DETR real-time object detection, native Rust.
+#[derive(Parser)]
+#[command(name = "rtdetr", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by every command that loads a model.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// Local checkpoint directory (config.json, model.safetensors, preprocessor_config.json)
+    /// or a Hugging Face Hub id.
+    #[arg(long, short, default_value = rtdetr::hub::DEFAULT_MODEL)]
+    pub model: String,
+    /// Input size: one multiple of 32 (square) or HxW, e.g. 640 or 480x800.
+    /// Default: the checkpoint's preprocessor_config.json.
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Run only the first N decoder layers (faster, slightly less accurate).
+    #[arg(long)]
+    pub decoder_layers: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<rtdetr::Detector> {
+        let mut det = rtdetr::Detector::load(&self.model)?;
+        if let Some(s) = &self.size {
+            let (h, w) = parse_size(s)?;
+            det.set_input_size(h, w)?;
+        }
+        if let Some(n) = self.decoder_layers {
+            let max = det.model().num_decoder_layers();
+            if n == 0 || n > max {
+                anyhow::bail!("--decoder-layers must be in 1..={max} for this checkpoint, got {n}");
+            }
+        }
+        Ok(det)
+    }
+}
+
+pub fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
+    let parse = |v: &str| -> anyhow::Result<usize> {
+        v.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("invalid --size {s:?}: expected e.g. 640 or 480x800"))
+    };
+    let (h, w) = match s.split_once(['x', 'X']) {
+        Some((h, w)) => (parse(h)?, parse(w)?),
+        None => {
+            let v = parse(s)?;
+            (v, v)
+        }
+    };
+    if h == 0 || w == 0 || h % 32 != 0 || w % 32 != 0 {
+        anyhow::bail!("invalid --size {s:?}: both sides must be positive multiples of 32");
+    }
+    Ok((h, w))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detect objects in images.
+    Detect(detect::DetectArgs),
+    /// Measure latency per stage and GFLOP/s.
+    Bench(bench::BenchArgs),
+    /// COCO mAP of a checkpoint (or of a detections file) on a COCO-format dataset.
+    Eval(eval::EvalArgs),
+}
+
+fn main() {
+    // A bug must still give one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error: {msg}{loc} (please report this)");
+    }));
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RTDETR_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Detect(a) => detect::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Eval(a) => eval::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("640").unwrap(), (640, 640));
+        assert_eq!(parse_size("480x800").unwrap(), (480, 800));
+        assert!(parse_size("500").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("abc").is_err());
+        assert!(parse_size("64x").is_err());
+    }
+}

@@ -20,10 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let raw = args.len() == 4 && args[3] == "--raw";
     if args.len() != 3 && !raw {
-        eprintln!(
-            "usage: {} <annotations.json> <results.json> [--raw]",
-            args[0]
-        );
+        eprintln!("usage: {} <annotations.json> <results.json> [--raw]", args[0]);
         std::process::exit(2);
     }
     let t0 = Instant::now();
@@ -38,10 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", summary.format_per_category());
     if raw {
         let per_cat: Vec<f64> = summary.per_category.iter().map(|c| c.ap).collect();
-        println!(
-            "{{\"stats\": {:?}, \"per_category_ap\": {:?}}}",
-            summary.stats, per_cat
-        );
+        println!("{{\"stats\": {:?}, \"per_category_ap\": {:?}}}", summary.stats, per_cat);
     }
     eprintln!(
         "{} images, {} GT, {} detections: load {:.2}s, evaluate {:.2}s",

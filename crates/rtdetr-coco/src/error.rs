@@ -33,9 +33,7 @@ pub enum CocoError {
     /// A detection refers to an image id that the ground truth does not list
     /// (pycocotools' `loadRes` rejects such results with
     /// "Results do not correspond to current coco set").
-    #[error(
-        "detection #{index} has image_id {image_id}, which is not an image of the ground truth"
-    )]
+    #[error("detection #{index} has image_id {image_id}, which is not an image of the ground truth")]
     UnknownImage {
         /// Position of the detection in the results list.
         index: usize,

@@ -15,9 +15,8 @@ const TP: u8 = 1;
 const IGNORED: u8 = 2;
 
 /// Names of [`Summary::stats`], in order.
-pub const STAT_NAMES: [&str; 12] = [
-    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
-];
+pub const STAT_NAMES: [&str; 12] =
+    ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
 
 /// Accumulated results: pycocotools' `eval['precision']` and `eval['recall']`
 /// plus the settings they were computed with.
@@ -112,12 +111,7 @@ pub fn accumulate(gt: &CocoDataset, dets: &[Detection], params: &Params) -> Eval
             .iter()
             .map(|&id| {
                 // pycocotools' cats dict keeps the last entry of an id
-                gt.categories
-                    .iter()
-                    .rev()
-                    .find(|c| c.id == id)
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default()
+                gt.categories.iter().rev().find(|c| c.id == id).map(|c| c.name.clone()).unwrap_or_default()
             })
             .collect(),
         img_ids,
@@ -134,18 +128,8 @@ pub fn accumulate(gt: &CocoDataset, dets: &[Detection], params: &Params) -> Eval
         return ev;
     };
 
-    let img_index: HashMap<i64, u32> = ev
-        .img_ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| (id, i as u32))
-        .collect();
-    let cat_index: HashMap<i64, u32> = ev
-        .cat_ids
-        .iter()
-        .enumerate()
-        .map(|(k, &id)| (id, k as u32))
-        .collect();
+    let img_index: HashMap<i64, u32> = ev.img_ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect();
+    let cat_index: HashMap<i64, u32> = ev.cat_ids.iter().enumerate().map(|(k, &id)| (id, k as u32)).collect();
 
     // ---- _prepare(): group GT and detections by (category, image) ----------
     let mut buckets: HashMap<(u32, u32), Bucket> = HashMap::new();
@@ -169,9 +153,7 @@ pub fn accumulate(gt: &CocoDataset, dets: &[Detection], params: &Params) -> Eval
                 }
                 let resolved = anns_by_id[&gt.annotations[idx].id];
                 let a = &gt.annotations[resolved];
-                if let (Some(&i), Some(&k)) =
-                    (img_index.get(&a.image_id), cat_index.get(&a.category_id))
-                {
+                if let (Some(&i), Some(&k)) = (img_index.get(&a.image_id), cat_index.get(&a.category_id)) {
                     buckets.entry((k, i)).or_default().gts.push(resolved as u32);
                 }
             }
@@ -198,12 +180,7 @@ pub fn accumulate(gt: &CocoDataset, dets: &[Detection], params: &Params) -> Eval
         })
         .collect();
 
-    let ctx = Ctx {
-        params,
-        gts: &gt_info,
-        dets,
-        max_det: max_det_last,
-    };
+    let ctx = Ctx { params, gts: &gt_info, dets, max_det: max_det_last };
     let mut cat_eval = CatEval::default();
     let mut scratch = Scratch::default();
     let mut start = 0;
@@ -416,12 +393,7 @@ impl Ctx<'_> {
 impl Evaluation {
     #[inline]
     fn p_idx(&self, t: usize, r: usize, k: usize, a: usize, m: usize) -> usize {
-        let (rn, kn, an, mn) = (
-            self.rec_thrs.len(),
-            self.cat_ids.len(),
-            self.area_rng.len(),
-            self.max_dets.len(),
-        );
+        let (rn, kn, an, mn) = (self.rec_thrs.len(), self.cat_ids.len(), self.area_rng.len(), self.max_dets.len());
         (((t * rn + r) * kn + k) * an + a) * mn + m
     }
 
@@ -447,11 +419,7 @@ impl Evaluation {
 
     /// `recall[t, k, a, m]`, or `None` if an index is out of range.
     pub fn recall(&self, t: usize, k: usize, a: usize, m: usize) -> Option<f64> {
-        if t < self.iou_thrs.len()
-            && k < self.cat_ids.len()
-            && a < self.area_rng.len()
-            && m < self.max_dets.len()
-        {
+        if t < self.iou_thrs.len() && k < self.cat_ids.len() && a < self.area_rng.len() && m < self.max_dets.len() {
             Some(self.recall[self.r_idx(t, k, a, m)])
         } else {
             None
@@ -467,18 +435,12 @@ impl Evaluation {
         // maxDet keeps its relative order
         s.order.clear();
         s.order.extend(0..n as u32);
-        s.order
-            .sort_by(|&x, &y| score_desc(ce.scores[x as usize], ce.scores[y as usize]));
+        s.order.sort_by(|&x, &y| score_desc(ce.scores[x as usize], ce.scores[y as usize]));
 
         for m in 0..self.max_dets.len() {
             let md = self.max_dets[m];
             s.sel.clear();
-            s.sel.extend(
-                s.order
-                    .iter()
-                    .copied()
-                    .filter(|&j| (ce.ranks[j as usize] as usize) < md),
-            );
+            s.sel.extend(s.order.iter().copied().filter(|&j| (ce.ranks[j as usize] as usize) < md));
             let nd = s.sel.len();
             for a in 0..a_n {
                 let npig = ce.npig[a];
@@ -565,8 +527,7 @@ impl Evaluation {
             .map(|(k, &id)| {
                 let ap = match (a_all, m100) {
                     (Some(a), Some(m)) => {
-                        let mut vals =
-                            Vec::with_capacity(self.iou_thrs.len() * self.rec_thrs.len());
+                        let mut vals = Vec::with_capacity(self.iou_thrs.len() * self.rec_thrs.len());
                         for t in 0..self.iou_thrs.len() {
                             for r in 0..self.rec_thrs.len() {
                                 let v = self.precision[self.p_idx(t, r, k, a, m)];
@@ -579,11 +540,7 @@ impl Evaluation {
                     }
                     _ => -1.0,
                 };
-                CategoryAp {
-                    category_id: id,
-                    name: self.cat_names[k].clone(),
-                    ap,
-                }
+                CategoryAp { category_id: id, name: self.cat_names[k].clone(), ap }
             })
             .collect();
 
@@ -594,23 +551,15 @@ impl Evaluation {
                 self.iou_thrs.first().copied().unwrap_or(f64::NAN),
                 self.iou_thrs.last().copied().unwrap_or(f64::NAN),
             ),
-            max_dets: [
-                md(0).unwrap_or(1),
-                md(1).unwrap_or(10),
-                md(2).unwrap_or(100),
-            ],
+            max_dets: [md(0).unwrap_or(1), md(1).unwrap_or(10), md(2).unwrap_or(100)],
         }
     }
 
     /// `_summarize(ap, iouThr, areaRng, maxDets)`: mean of the selected
     /// entries that are > -1, or -1 if there are none.
     fn summarize_one(&self, ap: bool, iou: Option<f64>, area: &str, max_det: usize) -> f64 {
-        let aind: Vec<usize> = (0..self.area_rng_lbl.len())
-            .filter(|&i| self.area_rng_lbl[i] == area)
-            .collect();
-        let mind: Vec<usize> = (0..self.max_dets.len())
-            .filter(|&i| self.max_dets[i] == max_det)
-            .collect();
+        let aind: Vec<usize> = (0..self.area_rng_lbl.len()).filter(|&i| self.area_rng_lbl[i] == area).collect();
+        let mind: Vec<usize> = (0..self.max_dets.len()).filter(|&i| self.max_dets[i] == max_det).collect();
         // s[..., aind, mind]: the two index lists broadcast together
         let pairs: Vec<(usize, usize)> = if aind.len() == mind.len() {
             aind.iter().copied().zip(mind.iter().copied()).collect()
@@ -623,9 +572,7 @@ impl Evaluation {
         };
         let tind: Vec<usize> = match iou {
             None => (0..self.iou_thrs.len()).collect(),
-            Some(thr) => (0..self.iou_thrs.len())
-                .filter(|&t| self.iou_thrs[t] == thr)
-                .collect(),
+            Some(thr) => (0..self.iou_thrs.len()).filter(|&t| self.iou_thrs[t] == thr).collect(),
         };
         let mut vals = Vec::new();
         for &t in &tind {
@@ -764,11 +711,7 @@ impl Summary {
         ];
         let mut out = String::new();
         for (&(ap, iou, area, max_det), &v) in specs.iter().zip(self.stats.iter()) {
-            let (title, ty) = if ap {
-                ("Average Precision", "(AP)")
-            } else {
-                ("Average Recall", "(AR)")
-            };
+            let (title, ty) = if ap { ("Average Precision", "(AP)") } else { ("Average Recall", "(AR)") };
             // ' {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {:0.3f}'
             out.push_str(&format!(
                 " {title:<18} {ty} @[ IoU={iou:<9} | area={area:>6} | maxDets={max_det:>3} ] = {v:.3}\n"
@@ -780,19 +723,10 @@ impl Summary {
     /// A per-category AP table (`id  name  AP`), one line per category,
     /// AP printed with 3 decimals (-1.000 when undefined).
     pub fn format_per_category(&self) -> String {
-        let width = self
-            .per_category
-            .iter()
-            .map(|c| c.name.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(8);
+        let width = self.per_category.iter().map(|c| c.name.chars().count()).max().unwrap_or(0).max(8);
         let mut out = format!("{:>6}  {:<width$}  {:>6}\n", "id", "category", "AP");
         for c in &self.per_category {
-            out.push_str(&format!(
-                "{:>6}  {:<width$}  {:>6.3}\n",
-                c.category_id, c.name, c.ap
-            ));
+            out.push_str(&format!("{:>6}  {:<width$}  {:>6.3}\n", c.category_id, c.name, c.ap));
         }
         out
     }

@@ -32,6 +32,6 @@ pub use error::{CocoError, Result};
 pub use eval::{accumulate, evaluate, CategoryAp, Evaluation, Summary, STAT_NAMES};
 pub use params::{numpy_linspace, Params};
 pub use types::{
-    load_results, parse_results, results_to_json_string, validate_results, write_results,
-    write_results_to, Annotation, Category, CocoDataset, Detection, Image,
+    load_results, parse_results, results_to_json_string, validate_results, write_results, write_results_to, Annotation,
+    Category, CocoDataset, Detection, Image,
 };

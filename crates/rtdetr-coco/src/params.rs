@@ -46,10 +46,7 @@ impl Default for Params {
                 [32.0 * 32.0, 96.0 * 96.0],
                 [96.0 * 96.0, 1e5f64 * 1e5],
             ],
-            area_rng_lbl: ["all", "small", "medium", "large"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            area_rng_lbl: ["all", "small", "medium", "large"].iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -80,13 +77,7 @@ pub fn numpy_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
             let delta = stop - start;
             let step = delta / div;
             let mut v: Vec<f64> = (0..num)
-                .map(|i| {
-                    if step == 0.0 {
-                        (i as f64 / div) * delta + start
-                    } else {
-                        i as f64 * step + start
-                    }
-                })
+                .map(|i| if step == 0.0 { (i as f64 / div) * delta + start } else { i as f64 * step + start })
                 .collect();
             v[num - 1] = stop;
             v

@@ -65,11 +65,7 @@ pub struct Annotation {
     pub iscrowd: i64,
     /// Optional `ignore` flag. Kept for round-tripping only: pycocotools
     /// overwrites it with `iscrowd` before evaluating, and so does this crate.
-    #[serde(
-        default,
-        deserialize_with = "de_opt_flag",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "de_opt_flag", skip_serializing_if = "Option::is_none")]
     pub ignore: Option<i64>,
 }
 
@@ -118,20 +114,14 @@ impl CocoDataset {
     /// Reads and parses a COCO annotation file.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = fs::read(path).map_err(|source| CocoError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes =
+            fs::read(path).map_err(|source| CocoError::Io { action: "read", path: path.to_path_buf(), source })?;
         Self::from_slice(&bytes)
     }
 
     /// Parses a COCO annotation file from JSON bytes.
     pub fn from_slice(json: &[u8]) -> Result<Self> {
-        serde_json::from_slice(json).map_err(|source| CocoError::Json {
-            what: "annotation file",
-            source,
-        })
+        serde_json::from_slice(json).map_err(|source| CocoError::Json { what: "annotation file", source })
     }
 
     /// Parses a COCO annotation file from a JSON string.
@@ -141,21 +131,14 @@ impl CocoDataset {
 
     /// Name of the category with this id (the first listed), if any.
     pub fn category_name(&self, id: i64) -> Option<&str> {
-        self.categories
-            .iter()
-            .find(|c| c.id == id)
-            .map(|c| c.name.as_str())
+        self.categories.iter().find(|c| c.id == id).map(|c| c.name.as_str())
     }
 }
 
 /// Reads and parses a COCO results file (a JSON array of [`Detection`]s).
 pub fn load_results(path: impl AsRef<Path>) -> Result<Vec<Detection>> {
     let path = path.as_ref();
-    let bytes = fs::read(path).map_err(|source| CocoError::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = fs::read(path).map_err(|source| CocoError::Io { action: "read", path: path.to_path_buf(), source })?;
     parse_results(&bytes)
 }
 
@@ -163,10 +146,7 @@ pub fn load_results(path: impl AsRef<Path>) -> Result<Vec<Detection>> {
 /// (it may be empty); every element needs `image_id`, `category_id`, a 4-number
 /// `bbox` and `score`. Other fields are ignored.
 pub fn parse_results(json: &[u8]) -> Result<Vec<Detection>> {
-    serde_json::from_slice(json).map_err(|source| CocoError::Json {
-        what: "results file",
-        source,
-    })
+    serde_json::from_slice(json).map_err(|source| CocoError::Json { what: "results file", source })
 }
 
 /// Checks the detections the way pycocotools' `loadRes` does: every
@@ -175,15 +155,8 @@ pub fn parse_results(json: &[u8]) -> Result<Vec<Detection>> {
 /// results file that fails it would be rejected by pycocotools.
 pub fn validate_results(gt: &CocoDataset, dets: &[Detection]) -> Result<()> {
     let ids: std::collections::HashSet<i64> = gt.images.iter().map(|i| i.id).collect();
-    match dets
-        .iter()
-        .enumerate()
-        .find(|(_, d)| !ids.contains(&d.image_id))
-    {
-        Some((index, d)) => Err(CocoError::UnknownImage {
-            index,
-            image_id: d.image_id,
-        }),
+    match dets.iter().enumerate().find(|(_, d)| !ids.contains(&d.image_id)) {
+        Some((index, d)) => Err(CocoError::UnknownImage { index, image_id: d.image_id }),
         None => Ok(()),
     }
 }
@@ -191,16 +164,10 @@ pub fn validate_results(gt: &CocoDataset, dets: &[Detection]) -> Result<()> {
 fn check_finite(dets: &[Detection]) -> Result<()> {
     for (index, d) in dets.iter().enumerate() {
         if !d.bbox.iter().all(|v| v.is_finite()) {
-            return Err(CocoError::NonFinite {
-                index,
-                field: "bbox",
-            });
+            return Err(CocoError::NonFinite { index, field: "bbox" });
         }
         if !d.score.is_finite() {
-            return Err(CocoError::NonFinite {
-                index,
-                field: "score",
-            });
+            return Err(CocoError::NonFinite { index, field: "score" });
         }
     }
     Ok(())
@@ -213,8 +180,7 @@ pub fn write_results_to<W: Write>(writer: W, dets: &[Detection]) -> Result<()> {
     check_finite(dets)?;
     let mut w = BufWriter::new(writer);
     serde_json::to_writer(&mut w, dets).map_err(CocoError::Write)?;
-    w.flush()
-        .map_err(|e| CocoError::Write(serde_json::Error::io(e)))
+    w.flush().map_err(|e| CocoError::Write(serde_json::Error::io(e)))
 }
 
 /// Writes detections as a COCO results JSON file at `path`

@@ -2,8 +2,8 @@
 //! metrics are -1, hand-computed matching cases, results round-trip.
 
 use rtdetr_coco::{
-    evaluate, load_results, parse_results, results_to_json_string, validate_results, write_results,
-    write_results_to, Annotation, Category, CocoDataset, CocoError, Detection, Image, Params,
+    evaluate, load_results, parse_results, results_to_json_string, validate_results, write_results, write_results_to,
+    Annotation, Category, CocoDataset, CocoError, Detection, Image, Params,
 };
 
 /// Precision carries pycocotools' `tp / (tp + fp + spacing(1))`, so a perfect
@@ -15,51 +15,21 @@ fn close(got: f64, want: f64) {
 
 fn gt(anns: Vec<Annotation>) -> CocoDataset {
     CocoDataset {
-        images: vec![
-            Image {
-                id: 1,
-                ..Default::default()
-            },
-            Image {
-                id: 2,
-                ..Default::default()
-            },
-        ],
+        images: vec![Image { id: 1, ..Default::default() }, Image { id: 2, ..Default::default() }],
         annotations: anns,
         categories: vec![
-            Category {
-                id: 1,
-                name: "person".into(),
-                supercategory: None,
-            },
-            Category {
-                id: 2,
-                name: "car".into(),
-                supercategory: None,
-            },
+            Category { id: 1, name: "person".into(), supercategory: None },
+            Category { id: 2, name: "car".into(), supercategory: None },
         ],
     }
 }
 
 fn ann(id: i64, image_id: i64, category_id: i64, bbox: [f64; 4]) -> Annotation {
-    Annotation {
-        id,
-        image_id,
-        category_id,
-        bbox,
-        area: Some(bbox[2] * bbox[3]),
-        iscrowd: 0,
-        ignore: None,
-    }
+    Annotation { id, image_id, category_id, bbox, area: Some(bbox[2] * bbox[3]), iscrowd: 0, ignore: None }
 }
 
 fn det(image_id: i64, category_id: i64, bbox: [f64; 4], score: f64) -> Detection {
-    Detection {
-        image_id,
-        category_id,
-        bbox,
-        score,
-    }
+    Detection { image_id, category_id, bbox, score }
 }
 
 #[test]
@@ -84,10 +54,7 @@ fn malformed_annotation_files_are_errors() {
     for text in bad {
         let err = CocoDataset::from_json_str(text).expect_err(text);
         assert!(matches!(err, CocoError::Json { .. }), "{text}: {err}");
-        assert!(
-            err.to_string().starts_with("invalid COCO annotation file"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("invalid COCO annotation file"), "{err}");
     }
 }
 
@@ -128,10 +95,7 @@ fn malformed_results_are_errors() {
     ];
     for text in bad {
         let err = parse_results(text.as_bytes()).expect_err(text);
-        assert!(
-            err.to_string().starts_with("invalid COCO results file"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("invalid COCO results file"), "{err}");
     }
     assert!(parse_results(b"[]").unwrap().is_empty());
     let extra = parse_results(
@@ -158,10 +122,7 @@ fn unknown_image_ids_fail_validation_but_do_not_change_metrics() {
     with_stray.push(det(77, 1, [0.0, 0.0, 50.0, 50.0], 0.95));
     assert!(validate_results(&g, &good).is_ok());
     match validate_results(&g, &with_stray) {
-        Err(CocoError::UnknownImage {
-            index: 1,
-            image_id: 77,
-        }) => {}
+        Err(CocoError::UnknownImage { index: 1, image_id: 77 }) => {}
         other => panic!("{other:?}"),
     }
     let p = Params::default();
@@ -206,9 +167,7 @@ fn no_gt_in_an_area_range_gives_minus_one() {
     assert!(s.ap() < 1.0 && s.ap() > 0.0); // but counts in "all"
     close(s.ar100(), 1.0);
     let table = s.format_table();
-    assert!(table.contains(
-        " Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = -1.000\n"
-    ));
+    assert!(table.contains(" Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = -1.000\n"));
 }
 
 #[test]
@@ -262,10 +221,7 @@ fn duplicates_are_false_positives_and_ties_keep_input_order() {
 
 #[test]
 fn restricting_categories_and_images() {
-    let g = gt(vec![
-        ann(1, 1, 1, [0.0, 0.0, 50.0, 50.0]),
-        ann(2, 2, 2, [0.0, 0.0, 50.0, 50.0]),
-    ]);
+    let g = gt(vec![ann(1, 1, 1, [0.0, 0.0, 50.0, 50.0]), ann(2, 2, 2, [0.0, 0.0, 50.0, 50.0])]);
     let d = vec![det(1, 1, [0.0, 0.0, 50.0, 50.0], 0.9)];
     let all = evaluate(&g, &d, &Params::default());
     close(all.ap(), 0.5);
@@ -298,24 +254,17 @@ fn odd_params_do_not_panic() {
     p.area_rng_lbl.clear();
     assert_eq!(evaluate(&g, &d, &p).stats, [-1.0; 12]);
     // non-finite detections built in code are tolerated by evaluate
-    let d = vec![
-        det(1, 1, [f64::NAN, 0.0, 50.0, 50.0], f64::NAN),
-        det(1, 1, [0.0; 4], f64::INFINITY),
-    ];
+    let d = vec![det(1, 1, [f64::NAN, 0.0, 50.0, 50.0], f64::NAN), det(1, 1, [0.0; 4], f64::INFINITY)];
     let _ = evaluate(&g, &d, &Params::default());
 }
 
 #[test]
 fn results_round_trip() {
-    let dets = vec![
-        det(1, 1, [0.1, 0.2, 30.25, 1e-3], 0.123456789012345),
-        det(2, 18, [-4.0, 5.5, 640.0, 480.0], 1.0),
-    ];
+    let dets = vec![det(1, 1, [0.1, 0.2, 30.25, 1e-3], 0.123456789012345), det(2, 18, [-4.0, 5.5, 640.0, 480.0], 1.0)];
     let text = results_to_json_string(&dets).unwrap();
     assert_eq!(parse_results(text.as_bytes()).unwrap(), dets);
 
-    let path =
-        std::env::temp_dir().join(format!("rtdetr_coco_results_{}.json", std::process::id()));
+    let path = std::env::temp_dir().join(format!("rtdetr_coco_results_{}.json", std::process::id()));
     write_results(&path, &dets).unwrap();
     assert_eq!(load_results(&path).unwrap(), dets);
     std::fs::remove_file(&path).ok();
@@ -325,22 +274,10 @@ fn results_round_trip() {
     assert_eq!(String::from_utf8(buf).unwrap(), text);
 
     let bad = vec![det(1, 1, [0.0, 0.0, 1.0, 1.0], f64::NAN)];
-    assert!(matches!(
-        results_to_json_string(&bad),
-        Err(CocoError::NonFinite {
-            index: 0,
-            field: "score"
-        })
-    ));
+    assert!(matches!(results_to_json_string(&bad), Err(CocoError::NonFinite { index: 0, field: "score" })));
     let bad = vec![dets[0], det(1, 1, [0.0, f64::INFINITY, 1.0, 1.0], 0.5)];
     let mut buf = Vec::new();
-    assert!(matches!(
-        write_results_to(&mut buf, &bad),
-        Err(CocoError::NonFinite {
-            index: 1,
-            field: "bbox"
-        })
-    ));
+    assert!(matches!(write_results_to(&mut buf, &bad), Err(CocoError::NonFinite { index: 1, field: "bbox" })));
     assert!(buf.is_empty());
 }
 
@@ -351,28 +288,10 @@ fn table_format_matches_pycocotools_layout() {
     let table = evaluate(&g, &d, &Params::default()).format_table();
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 12);
-    assert_eq!(
-        lines[0],
-        " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500"
-    );
-    assert_eq!(
-        lines[1],
-        " Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ] = 1.000"
-    );
-    assert_eq!(
-        lines[3],
-        " Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ] = -1.000"
-    );
-    assert_eq!(
-        lines[4],
-        " Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ] = -1.000"
-    );
-    assert_eq!(
-        lines[6],
-        " Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ] = 0.500"
-    );
-    assert_eq!(
-        lines[7],
-        " Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ] = 0.500"
-    );
+    assert_eq!(lines[0], " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500");
+    assert_eq!(lines[1], " Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ] = 1.000");
+    assert_eq!(lines[3], " Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ] = -1.000");
+    assert_eq!(lines[4], " Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ] = -1.000");
+    assert_eq!(lines[6], " Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ] = 0.500");
+    assert_eq!(lines[7], " Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ] = 0.500");
 }

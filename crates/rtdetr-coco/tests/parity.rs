@@ -12,9 +12,7 @@ use serde_json::Value;
 const TOL: f64 = 1e-6;
 
 fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("data")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("data")
 }
 
 fn reference() -> Value {
@@ -23,11 +21,7 @@ fn reference() -> Value {
 }
 
 fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
 #[test]
@@ -49,13 +43,9 @@ fn matches_pycocotools_on_every_case() {
         let name = case["name"].as_str().unwrap();
         let gt = CocoDataset::from_path(data_dir().join(case["gt"].as_str().unwrap()))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let dets = load_results(data_dir().join(case["dt"].as_str().unwrap()))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            dets.len() as u64,
-            case["num_dt"].as_u64().unwrap(),
-            "{name}"
-        );
+        let dets =
+            load_results(data_dir().join(case["dt"].as_str().unwrap())).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(dets.len() as u64, case["num_dt"].as_u64().unwrap(), "{name}");
         validate_results(&gt, &dets).unwrap_or_else(|e| panic!("{name}: {e}"));
 
         let summary = evaluate(&gt, &dets, &Params::default());
@@ -65,19 +55,12 @@ fn matches_pycocotools_on_every_case() {
             let diff = (got - want).abs();
             max_diff = max_diff.max(diff);
             if diff.is_nan() || diff > TOL {
-                failures.push(format!(
-                    "{name}: {} = {got}, pycocotools {want}",
-                    STAT_NAMES[i]
-                ));
+                failures.push(format!("{name}: {} = {got}, pycocotools {want}", STAT_NAMES[i]));
             }
         }
 
         let per_cat = case["per_category"].as_array().unwrap();
-        assert_eq!(
-            summary.per_category.len(),
-            per_cat.len(),
-            "{name}: category count"
-        );
+        assert_eq!(summary.per_category.len(), per_cat.len(), "{name}: category count");
         for (got, want) in summary.per_category.iter().zip(per_cat) {
             let want_id = want["category_id"].as_i64().unwrap();
             let want_ap = want["ap"].as_f64().unwrap();
@@ -85,19 +68,12 @@ fn matches_pycocotools_on_every_case() {
             let diff = (got.ap - want_ap).abs();
             max_diff = max_diff.max(diff);
             if diff.is_nan() || diff > TOL {
-                failures.push(format!(
-                    "{name}: category {want_id} AP = {}, pycocotools {want_ap}",
-                    got.ap
-                ));
+                failures.push(format!("{name}: category {want_id} AP = {}, pycocotools {want_ap}", got.ap));
             }
         }
 
-        let want_table: String = case["summary_lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| format!("{}\n", l.as_str().unwrap()))
-            .collect();
+        let want_table: String =
+            case["summary_lines"].as_array().unwrap().iter().map(|l| format!("{}\n", l.as_str().unwrap())).collect();
         if summary.format_table() != want_table {
             failures.push(format!(
                 "{name}: table differs\n--- rust\n{}--- pycocotools\n{want_table}",
@@ -105,14 +81,6 @@ fn matches_pycocotools_on_every_case() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    eprintln!(
-        "{} cases match pycocotools; max |diff| = {max_diff:e}",
-        cases.len()
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    eprintln!("{} cases match pycocotools; max |diff| = {max_diff:e}", cases.len());
 }

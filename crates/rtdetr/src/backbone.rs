@@ -74,10 +74,20 @@ impl ResidualLayer {
     }
 
     /// `RTDetrResNetBasicLayer`.
-    fn basic(w: &Weights, key: &str, c_in: usize, c_out: usize, stride: usize, apply_shortcut: bool, act: Activation) -> Result<Self> {
+    fn basic(
+        w: &Weights,
+        key: &str,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        apply_shortcut: bool,
+        act: Activation,
+    ) -> Result<Self> {
         let shortcut = match (c_in != c_out, apply_shortcut) {
             (_, false) => Shortcut::Identity,
-            (true, true) => Shortcut::PoolConv(Some(Self::shortcut_conv(w, &format!("{key}.shortcut.1"), c_in, c_out, 1)?)),
+            (true, true) => {
+                Shortcut::PoolConv(Some(Self::shortcut_conv(w, &format!("{key}.shortcut.1"), c_in, c_out, 1)?))
+            }
             (false, true) => Shortcut::Conv(Self::shortcut_conv(w, &format!("{key}.shortcut"), c_in, c_out, stride)?),
         };
         let convs = vec![
@@ -88,15 +98,20 @@ impl ResidualLayer {
     }
 
     /// `RTDetrResNetBottleNeckLayer`.
-    fn bottleneck(w: &Weights, key: &str, c_in: usize, c_out: usize, stride: usize, downsample_in_bottleneck: bool, act: Activation) -> Result<Self> {
+    fn bottleneck(
+        w: &Weights,
+        key: &str,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        downsample_in_bottleneck: bool,
+        act: Activation,
+    ) -> Result<Self> {
         let apply = c_in != c_out || stride != 1;
         let reduced = c_out / 4;
         let shortcut = if stride == 2 {
-            let conv = if apply {
-                Some(Self::shortcut_conv(w, &format!("{key}.shortcut.1"), c_in, c_out, 1)?)
-            } else {
-                None
-            };
+            let conv =
+                if apply { Some(Self::shortcut_conv(w, &format!("{key}.shortcut.1"), c_in, c_out, 1)?) } else { None };
             Shortcut::PoolConv(conv)
         } else if apply {
             Shortcut::Conv(Self::shortcut_conv(w, &format!("{key}.shortcut"), c_in, c_out, stride)?)

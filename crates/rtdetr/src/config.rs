@@ -31,9 +31,7 @@ impl Activation {
             "gelu" => Self::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
             "identity" | "linear" => Self::Identity,
-            other => {
-                return Err(Error::Config(format!("unsupported activation function {other:?}")))
-            }
+            other => return Err(Error::Config(format!("unsupported activation function {other:?}"))),
         })
     }
 }
@@ -224,12 +222,11 @@ pub struct RtDetrConfig {
 impl RtDetrConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
         let cfg: Self = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: invalid config.json: {e}", path.display())))?;
-        cfg.validate()
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok(cfg)
     }
 
@@ -249,12 +246,7 @@ impl RtDetrConfig {
     /// Class names indexed by class id (`"LABEL_i"` where config.json has none).
     pub fn labels(&self) -> Vec<String> {
         (0..self.num_labels())
-            .map(|i| {
-                self.id2label
-                    .get(&i.to_string())
-                    .cloned()
-                    .unwrap_or_else(|| format!("LABEL_{i}"))
-            })
+            .map(|i| self.id2label.get(&i.to_string()).cloned().unwrap_or_else(|| format!("LABEL_{i}")))
             .collect()
     }
 
@@ -373,8 +365,8 @@ impl Default for PreprocessorConfig {
 
 impl PreprocessorConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
         serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: invalid preprocessor_config.json: {e}", path.display())))
     }

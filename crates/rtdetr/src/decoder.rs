@@ -37,7 +37,13 @@ impl DeformableAttention {
 
     /// `query`: (B, Q, D) with position embedding added; `reference`: (B, Q, 4) cxcywh in
     /// [0, 1]; `memory`: (B, S, D) flattened levels of `shapes`.
-    fn forward(&self, query: &Tensor, reference: &Tensor, memory: &Tensor, shapes: &[(usize, usize)]) -> Result<Tensor> {
+    fn forward(
+        &self,
+        query: &Tensor,
+        reference: &Tensor,
+        memory: &Tensor,
+        shapes: &[(usize, usize)],
+    ) -> Result<Tensor> {
         let (b, q, d) = query.dims3()?;
         let (h, l, p) = (self.heads, self.levels, self.points);
         let value = self.value_proj.forward(memory)?.flatten_all()?.to_vec1::<f32>()?;
@@ -99,7 +105,14 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, pos: &Tensor, reference: &Tensor, memory: &Tensor, shapes: &[(usize, usize)]) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        pos: &Tensor,
+        reference: &Tensor,
+        memory: &Tensor,
+        shapes: &[(usize, usize)],
+    ) -> Result<Tensor> {
         let qk = (x + pos)?;
         let attn = multi_head_attention(&self.q.forward(&qk)?, &self.k.forward(&qk)?, &self.v.forward(x)?, self.heads)?;
         let x = self.self_attn_norm.forward(&(x + self.o.forward(&attn)?)?)?;

@@ -22,7 +22,13 @@ pub struct MsdaDims {
 /// `levels`: (height, width) of each level. `locations`: (B, Q, heads, L, P, 2) as (x, y)
 /// in [0, 1] (outside is allowed: those samples read zeros). `weights`: (B, Q, heads, L, P).
 /// Returns (B, Q, heads·head_dim).
-pub fn ms_deform_attn(value: &[f32], levels: &[(usize, usize)], locations: &[f32], weights: &[f32], d: MsdaDims) -> Vec<f32> {
+pub fn ms_deform_attn(
+    value: &[f32],
+    levels: &[(usize, usize)],
+    locations: &[f32],
+    weights: &[f32],
+    d: MsdaDims,
+) -> Vec<f32> {
     let MsdaDims { batch, queries, heads, head_dim, points } = d;
     let n_levels = levels.len();
     let seq: usize = levels.iter().map(|(h, w)| h * w).sum();
@@ -36,6 +42,8 @@ pub fn ms_deform_attn(value: &[f32], levels: &[(usize, usize)], locations: &[f32
     assert_eq!(weights.len(), batch * queries * heads * n_levels * points, "weights shape");
     assert_eq!(locations.len(), weights.len() * 2, "locations shape");
     let row = heads * head_dim;
+    // Four bilinear corners, a multiply-add per channel each.
+    crate::flops::add((8 * weights.len() * head_dim) as u64);
     let mut out = vec![0f32; batch * queries * row];
     out.par_chunks_mut(row).enumerate().for_each(|(bq, dst)| {
         let b = bq / queries;

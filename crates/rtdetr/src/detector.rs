@@ -44,7 +44,8 @@ impl Detector {
         }
         let cfg = RtDetrConfig::from_file(&dir.join("config.json"))?;
         let pre_path = dir.join("preprocessor_config.json");
-        let pre_cfg = if pre_path.is_file() { PreprocessorConfig::from_file(&pre_path)? } else { PreprocessorConfig::default() };
+        let pre_cfg =
+            if pre_path.is_file() { PreprocessorConfig::from_file(&pre_path)? } else { PreprocessorConfig::default() };
         let device = Device::Cpu;
         let weights = Weights::from_dir(dir, &device)?;
         let model = RtDetr::load(&cfg, &weights)?;
@@ -54,7 +55,9 @@ impl Detector {
     /// Runs the model at another input size (each side a multiple of 32).
     pub fn set_input_size(&mut self, height: usize, width: usize) -> Result<()> {
         if height == 0 || width == 0 || height % 32 != 0 || width % 32 != 0 {
-            return Err(Error::InvalidArgument(format!("input size must be positive multiples of 32, got {height}x{width}")));
+            return Err(Error::InvalidArgument(format!(
+                "input size must be positive multiples of 32, got {height}x{width}"
+            )));
         }
         self.preprocessor = self.preprocessor.clone().with_size(height, width);
         Ok(())
@@ -121,12 +124,22 @@ impl Detector {
     }
 
     /// Runs the network on preprocessed pixels, adding each stage's time to `times`.
-    pub fn forward(&self, pixels: &Tensor, decoder_layers: Option<usize>, times: &mut StageTimes) -> Result<ModelOutput> {
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        decoder_layers: Option<usize>,
+        times: &mut StageTimes,
+    ) -> Result<ModelOutput> {
         self.model.forward_timed(pixels, decoder_layers, false, times)
     }
 
     /// Converts raw outputs to detections for images of the given (width, height).
-    pub fn post_process(&self, out: &ModelOutput, sizes: &[(u32, u32)], opts: &DetectOptions) -> Result<Vec<Vec<Detection>>> {
+    pub fn post_process(
+        &self,
+        out: &ModelOutput,
+        sizes: &[(u32, u32)],
+        opts: &DetectOptions,
+    ) -> Result<Vec<Vec<Detection>>> {
         let (b, q, c) = out.logits.dims3()?;
         if sizes.len() != b {
             return Err(Error::InvalidArgument(format!("{} image sizes for a batch of {b}", sizes.len())));
@@ -135,7 +148,14 @@ impl Detector {
         let boxes = out.boxes.flatten_all()?.to_vec1::<f32>()?;
         Ok((0..b)
             .map(|i| {
-                post_process(&logits[i * q * c..(i + 1) * q * c], &boxes[i * q * 4..(i + 1) * q * 4], c, sizes[i], &self.labels, opts)
+                post_process(
+                    &logits[i * q * c..(i + 1) * q * c],
+                    &boxes[i * q * 4..(i + 1) * q * 4],
+                    c,
+                    sizes[i],
+                    &self.labels,
+                    opts,
+                )
             })
             .collect())
     }

@@ -77,7 +77,12 @@ mod tests {
         assert_eq!(out.get_pixel(60, 69), &class_color(3));
         assert_eq!(out.get_pixel(5, 5), &Rgb([255, 255, 255]));
         // Degenerate boxes and empty images do not panic.
-        let tiny = Detection { label: String::new(), class_id: 0, score: 0.1, bbox: BoundingBox { xmin: 119.0, ymin: 79.0, xmax: 500.0, ymax: -3.0 } };
+        let tiny = Detection {
+            label: String::new(),
+            class_id: 0,
+            score: 0.1,
+            bbox: BoundingBox { xmin: 119.0, ymin: 79.0, xmax: 500.0, ymax: -3.0 },
+        };
         let _ = annotate(&img, &[tiny]);
         let _ = annotate(&RgbImage::new(0, 0), &[]);
     }

@@ -52,7 +52,8 @@ impl EncoderLayer {
             Some(p) => h.broadcast_add(p)?,
             None => h.clone(),
         };
-        let attn = multi_head_attention(&self.q.forward(&qk_in)?, &self.k.forward(&qk_in)?, &self.v.forward(&h)?, self.heads)?;
+        let attn =
+            multi_head_attention(&self.q.forward(&qk_in)?, &self.k.forward(&qk_in)?, &self.v.forward(&h)?, self.heads)?;
         let mut h = (residual + self.o.forward(&attn)?)?;
         if !self.normalize_before {
             h = self.attn_norm.forward(&h)?;
@@ -72,7 +73,13 @@ impl EncoderLayer {
 
 /// 2-D sin-cos embedding `[sin_h | cos_h | sin_w | cos_w]`, row-major positions,
 /// frequencies computed in f64 as the reference does: (1, H*W, dim).
-pub fn sincos_position_embedding(height: usize, width: usize, dim: usize, temperature: f64, device: &Device) -> Result<Tensor> {
+pub fn sincos_position_embedding(
+    height: usize,
+    width: usize,
+    dim: usize,
+    temperature: f64,
+    device: &Device,
+) -> Result<Tensor> {
     let pos_dim = dim / 4;
     let omega: Vec<f64> = (0..pos_dim).map(|i| 1.0 / temperature.powf(i as f64 / pos_dim as f64)).collect();
     let mut data = Vec::with_capacity(height * width * dim);
@@ -104,8 +111,29 @@ struct CspRepLayer {
     conv3: Option<ConvBn>,
 }
 
-fn conv_norm(w: &Weights, key: &str, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, cfg: &RtDetrConfig, act: Activation) -> Result<ConvBn> {
-    ConvBn::load(w, &format!("{key}.conv"), &format!("{key}.norm"), c_in, c_out, k, stride, padding, cfg.batch_norm_eps, act)
+fn conv_norm(
+    w: &Weights,
+    key: &str,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    cfg: &RtDetrConfig,
+    act: Activation,
+) -> Result<ConvBn> {
+    ConvBn::load(
+        w,
+        &format!("{key}.conv"),
+        &format!("{key}.norm"),
+        c_in,
+        c_out,
+        k,
+        stride,
+        padding,
+        cfg.batch_norm_eps,
+        act,
+    )
 }
 
 impl CspRepLayer {
@@ -216,11 +244,7 @@ impl HybridEncoder {
     }
 
     pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
-        let mut maps = features
-            .iter()
-            .zip(&self.input_proj)
-            .map(|(f, p)| p.forward(f))
-            .collect::<Result<Vec<_>>>()?;
+        let mut maps = features.iter().zip(&self.input_proj).map(|(f, p)| p.forward(f)).collect::<Result<Vec<_>>>()?;
         for (level, layers) in &self.aifi {
             let x = &maps[*level];
             let (b, c, h, w) = x.dims4()?;

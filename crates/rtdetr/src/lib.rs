@@ -13,6 +13,7 @@ pub mod detector;
 pub mod draw;
 pub mod encoder;
 pub mod error;
+pub mod flops;
 pub mod hub;
 pub mod model;
 pub mod nn;

@@ -4,12 +4,12 @@
 use candle_core::{Device, Tensor, D};
 
 use crate::backbone::Backbone;
+use crate::config::Activation;
 use crate::config::RtDetrConfig;
 use crate::decoder::{Decoder, DecoderLayerOutput};
 use crate::encoder::HybridEncoder;
 use crate::error::{Error, Result};
 use crate::nn::{ConvBn, LayerNorm, Linear, MlpHead};
-use crate::config::Activation;
 use crate::weights::Weights;
 
 /// Intermediate tensors of one forward pass, for stage-by-stage parity checks.
@@ -170,11 +170,10 @@ impl RtDetr {
             let src = if i < enc.len() { &enc[i] } else { enc.last().expect("at least two levels") };
             sources.push(p.forward(src)?);
         }
-        let shapes: Vec<(usize, usize)> = sources.iter().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0))).collect();
-        let flat: Vec<Tensor> = sources
-            .iter()
-            .map(|s| Ok(s.flatten_from(2)?.transpose(1, 2)?))
-            .collect::<Result<_>>()?;
+        let shapes: Vec<(usize, usize)> =
+            sources.iter().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0))).collect();
+        let flat: Vec<Tensor> =
+            sources.iter().map(|s| Ok(s.flatten_from(2)?.transpose(1, 2)?)).collect::<Result<_>>()?;
         let memory = Tensor::cat(&flat, 1)?.contiguous()?;
 
         // Query selection: score every memory position, keep the top num_queries.
@@ -191,7 +190,8 @@ impl RtDetr {
                 .iter()
                 .enumerate()
                 .map(|(b, idx)| {
-                    let idx = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), t.device())?;
+                    let idx =
+                        Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), t.device())?;
                     Ok(t.get(b)?.index_select(&idx, 0)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -248,10 +248,7 @@ pub fn generate_anchors(shapes: &[(usize, usize)], device: &Device) -> Result<(T
             }
         }
     }
-    Ok((
-        Tensor::from_vec(anchors, (1, total, 4), device)?,
-        Tensor::from_vec(valid, (1, total, 1), device)?,
-    ))
+    Ok((Tensor::from_vec(anchors, (1, total, 4), device)?, Tensor::from_vec(valid, (1, total, 1), device)?))
 }
 
 #[cfg(test)]

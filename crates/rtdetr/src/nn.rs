@@ -59,6 +59,8 @@ impl ConvBn {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let w = self.weight.dims();
+        crate::flops::add(2 * (y.elem_count() * w[1] * w[2] * w[3]) as u64);
         activate(&y.broadcast_add(&self.bias)?, self.act)
     }
 }
@@ -83,6 +85,7 @@ impl Linear {
         let in_f = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let y = x.reshape((rows, in_f))?.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+        crate::flops::add(2 * (rows * in_f * self.out_features) as u64);
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.out_features;
@@ -99,11 +102,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(w: &Weights, key: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: w.get(&format!("{key}.weight"), &[dim])?,
-            bias: w.get(&format!("{key}.bias"), &[dim])?,
-            eps,
-        })
+        Ok(Self { weight: w.get(&format!("{key}.weight"), &[dim])?, bias: w.get(&format!("{key}.bias"), &[dim])?, eps })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -149,11 +148,11 @@ pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) ->
     let (b, lq, dim) = q.dims3()?;
     let lk = k.dim(1)?;
     let hd = dim / heads;
-    let split = |t: &Tensor, l: usize| -> Result<Tensor> {
-        Ok(t.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()?)
-    };
+    let split =
+        |t: &Tensor, l: usize| -> Result<Tensor> { Ok(t.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()?) };
     let (q, k, v) = (split(q, lq)?, split(k, lk)?, split(v, lk)?);
     let scale = (hd as f64).powf(-0.5);
+    crate::flops::add(4 * (b * heads * lq * lk * hd) as u64);
     let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs.matmul(&v)?;

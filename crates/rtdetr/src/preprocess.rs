@@ -22,9 +22,7 @@ pub fn image_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
     if reader.format().is_none() {
         return Err(Error::Image("unsupported or unrecognised image format".into()));
     }
-    reader
-        .into_dimensions()
-        .map_err(|e| Error::Image(format!("cannot read image header: {e}")))
+    reader.into_dimensions().map_err(|e| Error::Image(format!("cannot read image header: {e}")))
 }
 
 /// Decodes JPEG, PNG, WebP, BMP or GIF (first frame) bytes to RGB, applying the EXIF
@@ -50,16 +48,16 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     // Room for a 16-bit RGBA decode of the announced size plus the RGB copy.
     limits.max_alloc = Some(max_pixels.saturating_mul(12).max(1 << 20));
     reader.limits(limits);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| Error::Image(format!("cannot decode image: {e}")))?;
+    let mut decoder = reader.into_decoder().map_err(|e| Error::Image(format!("cannot decode image: {e}")))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = match format {
         // Pillow decodes JPEG with libjpeg-turbo; other decoders differ by a few levels in
         // chroma upsampling, so use the same library for identical pixels.
         image::ImageFormat::Jpeg => match decode_jpeg_libjpeg(bytes)? {
             Some(rgb) => DynamicImage::ImageRgb8(rgb),
-            None => DynamicImage::from_decoder(decoder).map_err(|e| Error::Image(format!("cannot decode image: {e}")))?,
+            None => {
+                DynamicImage::from_decoder(decoder).map_err(|e| Error::Image(format!("cannot decode image: {e}")))?
+            }
         },
         _ => DynamicImage::from_decoder(decoder).map_err(|e| Error::Image(format!("cannot decode image: {e}")))?,
     };

@@ -170,7 +170,11 @@ pub fn resize_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, filter:
     if horizontal_first {
         // Horizontal pass over just the source rows the vertical pass reads.
         let (first, last) = (cv.bounds[0].0, cv.bounds[oh - 1].0 + cv.bounds[oh - 1].1);
-        let tmp = if need_h { horizontal_pass(&src[first * w * 3..last * w * 3], w, last - first, &ch) } else { src[first * w * 3..last * w * 3].to_vec() };
+        let tmp = if need_h {
+            horizontal_pass(&src[first * w * 3..last * w * 3], w, last - first, &ch)
+        } else {
+            src[first * w * 3..last * w * 3].to_vec()
+        };
         if need_v {
             vertical_pass(&tmp, ow, &cv, first)
         } else {
@@ -247,7 +251,9 @@ mod tests {
 
     #[test]
     fn constant_image_stays_constant() {
-        for filter in [Filter::Bilinear, Filter::Bicubic, Filter::Lanczos, Filter::Box, Filter::Hamming, Filter::Nearest] {
+        for filter in
+            [Filter::Bilinear, Filter::Bicubic, Filter::Lanczos, Filter::Box, Filter::Hamming, Filter::Nearest]
+        {
             let src = vec![77u8; 37 * 23 * 3];
             for (ow, oh) in [(10, 10), (64, 48), (5, 90)] {
                 let out = resize_rgb8(&src, 37, 23, ow, oh, filter);

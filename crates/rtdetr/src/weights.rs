@@ -44,9 +44,8 @@ impl Weights {
         }
         // SAFETY: the files are opened read-only; like every mmap-based loader we assume
         // nobody truncates them while the model is alive.
-        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
-            Error::Weights(format!("{}: not a valid safetensors file: {e}", display_files(&files)))
-        })?;
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| Error::Weights(format!("{}: not a valid safetensors file: {e}", display_files(&files))))?;
         Ok(Self { st, files, device: device.clone() })
     }
 
@@ -68,9 +67,9 @@ impl Weights {
 
     /// Loads `key` as f32 and checks its shape.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
-        let name = self.resolve(key).ok_or_else(|| {
-            Error::Weights(format!("{}: missing tensor {key:?}", display_files(&self.files)))
-        })?;
+        let name = self
+            .resolve(key)
+            .ok_or_else(|| Error::Weights(format!("{}: missing tensor {key:?}", display_files(&self.files))))?;
         let t = self
             .st
             .load(&name, &self.device)
@@ -92,10 +91,10 @@ fn display_files(files: &[PathBuf]) -> String {
 }
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| Error::Io(format!("cannot read {}: {e}", index.display())))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Weights(format!("{}: invalid JSON: {e}", index.display())))?;
+    let text =
+        std::fs::read_to_string(index).map_err(|e| Error::Io(format!("cannot read {}: {e}", index.display())))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Weights(format!("{}: invalid JSON: {e}", index.display())))?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -139,10 +138,7 @@ mod tests {
             legacy_names("model.encoder.aifi.0.layers.0.mlp.fc1.bias"),
             vec!["model.encoder.encoder.0.layers.0.fc1.bias".to_string()]
         );
-        assert_eq!(
-            legacy_names("model.decoder.class_embed.2.weight"),
-            vec!["class_embed.2.weight".to_string()]
-        );
+        assert_eq!(legacy_names("model.decoder.class_embed.2.weight"), vec!["class_embed.2.weight".to_string()]);
         assert!(legacy_names("model.enc_output.0.weight").is_empty());
     }
 }

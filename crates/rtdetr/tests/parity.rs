@@ -17,7 +17,8 @@ fn fixture_dir(name: &str) -> PathBuf {
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture_dir(name).join("reference.safetensors"), &Device::Cpu).expect("reference tensors")
+    candle_core::safetensors::load(fixture_dir(name).join("reference.safetensors"), &Device::Cpu)
+        .expect("reference tensors")
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -49,10 +50,25 @@ fn stages_match_reference() {
         let want_idx: Vec<Vec<i64>> = r["random.topk_indices"].to_vec2().unwrap();
         let got_idx: Vec<Vec<i64>> = tr.topk_indices.iter().map(|v| v.iter().map(|&i| i as i64).collect()).collect();
         assert_eq!(got_idx, want_idx, "{name}: top-k query selection differs");
-        assert_close(&format!("{name} enc_topk_logits"), tr.enc_topk_logits.as_ref().unwrap(), &r["random.enc_topk_logits"], TOL);
-        assert_close(&format!("{name} enc_topk_bboxes"), tr.enc_topk_boxes.as_ref().unwrap(), &r["random.enc_topk_bboxes"], TOL);
+        assert_close(
+            &format!("{name} enc_topk_logits"),
+            tr.enc_topk_logits.as_ref().unwrap(),
+            &r["random.enc_topk_logits"],
+            TOL,
+        );
+        assert_close(
+            &format!("{name} enc_topk_bboxes"),
+            tr.enc_topk_boxes.as_ref().unwrap(),
+            &r["random.enc_topk_bboxes"],
+            TOL,
+        );
         for (i, l) in out.layers.iter().enumerate() {
-            assert_close(&format!("{name} decoder.{i}.logits"), &l.logits, &r[&format!("random.decoder.{i}.logits")], TOL);
+            assert_close(
+                &format!("{name} decoder.{i}.logits"),
+                &l.logits,
+                &r[&format!("random.decoder.{i}.logits")],
+                TOL,
+            );
             assert_close(&format!("{name} decoder.{i}.boxes"), &l.boxes, &r[&format!("random.decoder.{i}.boxes")], TOL);
         }
         assert_close(&format!("{name} logits"), &out.logits, &r["random.logits"], TOL);
@@ -69,8 +85,18 @@ fn decoder_depth_cut_equals_intermediate_layer() {
         for depth in 1..=n {
             let out = det.model().forward(&r["random.pixel_values"], Some(depth), false).unwrap();
             assert_eq!(out.layers.len(), depth);
-            assert_close(&format!("{name} depth {depth} logits"), &out.logits, &r[&format!("random.decoder.{}.logits", depth - 1)], TOL);
-            assert_close(&format!("{name} depth {depth} boxes"), &out.boxes, &r[&format!("random.decoder.{}.boxes", depth - 1)], TOL);
+            assert_close(
+                &format!("{name} depth {depth} logits"),
+                &out.logits,
+                &r[&format!("random.decoder.{}.logits", depth - 1)],
+                TOL,
+            );
+            assert_close(
+                &format!("{name} depth {depth} boxes"),
+                &out.boxes,
+                &r[&format!("random.decoder.{}.boxes", depth - 1)],
+                TOL,
+            );
         }
         assert!(det.model().forward(&r["random.pixel_values"], Some(0), false).is_err());
         assert!(det.model().forward(&r["random.pixel_values"], Some(n + 1), false).is_err());
@@ -147,7 +173,8 @@ fn detections_match_post_processed_reference() {
             let w = &want[f]["0.3"];
             let out = det.model().forward(&r[&format!("images.{f}.pixel_values")], None, false).unwrap();
             for thr in ["0.0", "0.3"] {
-                let opts = DetectOptions { threshold: thr.parse().unwrap(), max_detections: 10_000, ..Default::default() };
+                let opts =
+                    DetectOptions { threshold: thr.parse().unwrap(), max_detections: 10_000, ..Default::default() };
                 let got = det.post_process(&out, &[(w.width, w.height)], &opts).unwrap();
                 compare_detections(&format!("{name} {f} thr {thr}"), &got[0], &want[f][thr], TOL, 0.1);
             }
@@ -168,7 +195,11 @@ fn detections_from_files_match_reference() {
             let got = det.detect_batch(&images, &opts).unwrap();
             for (f, g) in IMAGES.iter().zip(&got) {
                 let w = &want[*f][thr];
-                assert_eq!(images[IMAGES.iter().position(|x| x == f).unwrap()].dimensions(), (w.width, w.height), "{f}: EXIF orientation");
+                assert_eq!(
+                    images[IMAGES.iter().position(|x| x == f).unwrap()].dimensions(),
+                    (w.width, w.height),
+                    "{f}: EXIF orientation"
+                );
                 compare_detections(&format!("{name} {f} thr {thr} from file"), g, w, TOL, 0.1);
             }
         }

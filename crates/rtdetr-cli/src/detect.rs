@@ -1,0 +1,152 @@
+//! `rtdetr detect`: detections as a table or JSON Lines, optional annotated images.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rtdetr::{DetectOptions, Detection};
+use serde::Serialize;
+
+use crate::ModelArgs;
+
+#[derive(clap::Args)]
+pub struct DetectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Keep detections with a score above this.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// At most this many detections per image.
+    #[arg(long, default_value_t = 100)]
+    pub max_detections: usize,
+    /// Only these classes (comma-separated label names), e.g. person,car.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Print one JSON object per image per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Write annotated images: a file (one input image) or a directory.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Image files (JPEG, PNG, WebP, BMP, GIF).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+/// One line of `--json` output.
+#[derive(Serialize)]
+pub struct ImageResult<'a> {
+    pub image: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub detections: &'a [Detection],
+}
+
+fn output_path(output: &Path, image: &Path, single: bool) -> PathBuf {
+    let is_file_target = single
+        && output.extension().is_some_and(|e| {
+            ["png", "jpg", "jpeg", "bmp", "webp"].contains(&e.to_string_lossy().to_lowercase().as_str())
+        })
+        && !output.is_dir();
+    if is_file_target {
+        output.to_path_buf()
+    } else {
+        let stem = image.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
+        output.join(format!("{stem}.png"))
+    }
+}
+
+pub fn run(args: DetectArgs) -> anyhow::Result<i32> {
+    if args.batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.threshold) {
+        anyhow::bail!("--threshold must be in [0, 1], got {}", args.threshold);
+    }
+    // Check the inputs before the (possibly slow) model load.
+    for p in &args.images {
+        if !p.is_file() {
+            anyhow::bail!("{}: no such file", p.display());
+        }
+    }
+    let det = args.model.load()?;
+    let classes = match &args.classes {
+        Some(names) => Some(det.class_ids(names)?),
+        None => None,
+    };
+    let opts = DetectOptions {
+        threshold: args.threshold,
+        max_detections: args.max_detections,
+        classes,
+        decoder_layers: args.model.decoder_layers,
+    };
+    let single = args.images.len() == 1;
+    if let Some(out) = &args.output {
+        if !single || out.extension().is_none() {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create output directory {}", out.display()))?;
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut failures = 0;
+    for chunk in args.images.chunks(args.batch_size) {
+        // Decode each file; one bad file is reported and skipped, not fatal.
+        let mut loaded = Vec::new();
+        for path in chunk {
+            match rtdetr::load_image(path) {
+                Ok(img) => loaded.push((path, img)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failures += 1;
+                }
+            }
+        }
+        if loaded.is_empty() {
+            continue;
+        }
+        let images: Vec<_> = loaded.iter().map(|(_, i)| i.clone()).collect();
+        let results = det.detect_batch(&images, &opts)?;
+        for ((path, img), dets) in loaded.iter().zip(&results) {
+            let name = path.to_string_lossy();
+            let mut lock = stdout.lock();
+            if args.json {
+                let line = serde_json::to_string(&ImageResult {
+                    image: &name,
+                    width: img.width(),
+                    height: img.height(),
+                    detections: dets,
+                })?;
+                writeln!(lock, "{line}")?;
+            } else {
+                writeln!(lock, "{name} ({}x{}): {} detection(s)", img.width(), img.height(), dets.len())?;
+                if !dets.is_empty() {
+                    writeln!(
+                        lock,
+                        "  {:<16} {:>6}  {:>8} {:>8} {:>8} {:>8}",
+                        "label", "score", "xmin", "ymin", "xmax", "ymax"
+                    )?;
+                }
+                for d in dets {
+                    writeln!(
+                        lock,
+                        "  {:<16} {:>6.3}  {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+                        d.label, d.score, d.bbox.xmin, d.bbox.ymin, d.bbox.xmax, d.bbox.ymax
+                    )?;
+                }
+            }
+            if let Some(out) = &args.output {
+                let target = output_path(out, path, single);
+                rtdetr::draw::annotate(img, dets)
+                    .save(&target)
+                    .with_context(|| format!("cannot write {}", target.display()))?;
+                if !args.json {
+                    writeln!(lock, "  wrote {}", target.display())?;
+                }
+            }
+        }
+    }
+    Ok(if failures > 0 { 1 } else { 0 })
+}
