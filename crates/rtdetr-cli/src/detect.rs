@@ -31,9 +31,48 @@ pub struct DetectArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
-    /// Image files (JPEG, PNG, WebP, BMP, GIF).
+    /// Videos: run the model on every Nth frame (the others reuse its detections).
+    #[arg(long, default_value_t = 1)]
+    pub every: u64,
+    /// Image files (JPEG, PNG, WebP, BMP, GIF), video files (MP4, MKV, AVI, MOV, WebM, ...)
+    /// or stream URLs (rtsp://, http(s):// MJPEG). Video needs the `video` build feature.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+}
+
+fn is_video(p: &Path) -> bool {
+    let s = p.to_string_lossy().to_lowercase();
+    ["rtsp://", "rtmp://", "http://", "https://"].iter().any(|x| s.starts_with(x))
+        || ["mp4", "mkv", "avi", "mov", "webm", "m4v", "mjpeg", "mpg", "mpeg", "ts"]
+            .iter()
+            .any(|e| p.extension().is_some_and(|x| x.to_string_lossy().to_lowercase() == *e))
+}
+
+#[cfg(feature = "video")]
+fn run_video(
+    det: &rtdetr::Detector,
+    input: &Path,
+    opts: &DetectOptions,
+    args: &DetectArgs,
+    single: bool,
+) -> anyhow::Result<()> {
+    let out = args.output.as_ref().map(|o| {
+        if single && o.extension().is_some() && !o.is_dir() {
+            o.clone()
+        } else {
+            let stem = input.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "video".into());
+            o.join(format!("{stem}.mp4"))
+        }
+    });
+    crate::video::run(det, &input.to_string_lossy(), opts, args.every, args.json, out.as_deref())
+}
+
+#[cfg(not(feature = "video"))]
+fn run_video(_: &rtdetr::Detector, input: &Path, _: &DetectOptions, _: &DetectArgs, _: bool) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "{}: this build has no video support; rebuild with `cargo build --release --features video` (needs the FFmpeg development libraries)",
+        input.display()
+    )
 }
 
 /// One line of `--json` output.
@@ -66,9 +105,13 @@ pub fn run(args: DetectArgs) -> anyhow::Result<i32> {
     if !(0.0..=1.0).contains(&args.threshold) {
         anyhow::bail!("--threshold must be in [0, 1], got {}", args.threshold);
     }
+    if args.every == 0 {
+        anyhow::bail!("--every must be at least 1");
+    }
     // Check the inputs before the (possibly slow) model load.
     for p in &args.images {
-        if !p.is_file() {
+        let url = p.to_string_lossy().contains("://");
+        if !url && !p.is_file() {
             anyhow::bail!("{}: no such file", p.display());
         }
     }
@@ -92,7 +135,15 @@ pub fn run(args: DetectArgs) -> anyhow::Result<i32> {
     }
     let stdout = std::io::stdout();
     let mut failures = 0;
-    for chunk in args.images.chunks(args.batch_size) {
+    let (videos, images): (Vec<&PathBuf>, Vec<&PathBuf>) = args.images.iter().partition(|p| is_video(p));
+    for v in videos {
+        if let Err(e) = run_video(&det, v, &opts, &args, single) {
+            eprintln!("error: {e:#}");
+            failures += 1;
+        }
+    }
+    let images: Vec<PathBuf> = images.into_iter().cloned().collect();
+    for chunk in images.chunks(args.batch_size) {
         // Decode each file; one bad file is reported and skipped, not fatal.
         let mut loaded = Vec::new();
         for path in chunk {

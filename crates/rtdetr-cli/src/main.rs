@@ -3,6 +3,9 @@
 mod bench;
 mod detect;
 mod eval;
+mod serve;
+#[cfg(feature = "video")]
+mod video;
 
 use clap::{Parser, Subcommand};
 
@@ -72,6 +75,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// COCO mAP of a checkpoint (or of a detections file) on a COCO-format dataset.
     Eval(eval::EvalArgs),
+    /// Serve the OpenAI-compatible HTTP API (chat completions, detections, models, health, metrics).
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -86,15 +91,20 @@ fn main() {
         let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error: {msg}{loc} (please report this)");
     }));
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RTDETR_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RTDETR_LOG").unwrap_or_else(|_| default_log.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match cli.command {
         Command::Detect(a) => detect::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

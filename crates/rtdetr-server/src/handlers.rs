@@ -1,0 +1,656 @@
+//! Route handlers. They parse and validate requests, decode images on the blocking pool and
+//! hand ready pixels to the [`InferenceQueue`](crate::queue::InferenceQueue); no tensor code here.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Json, Response};
+use futures_util::StreamExt;
+use rtdetr::{DetectOptions, Detection};
+use serde::de::DeserializeOwned;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::config::MAX_IMAGES_PER_REQUEST;
+use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::input::{annotated_jpeg_data_url, decode_and_prepare, decode_base64, parse_image_ref, ImageSource};
+use crate::metrics as m;
+use crate::queue::{InferenceRequest, ModelInfo, ModelState, QueueError};
+use crate::server::AppState;
+use crate::types::*;
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The model, if it is ready and the server is not shutting down.
+fn ready(state: &AppState) -> ApiResult<Arc<ModelInfo>> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::unavailable("shutting_down", "the server is shutting down"));
+    }
+    match state.queue.state() {
+        ModelState::Ready(info) => Ok(info),
+        ModelState::Loading => Err(ApiError::unavailable("not_ready", "the model is still loading; retry shortly")),
+        ModelState::Failed(_) => Err(ApiError::unavailable("model_unavailable", "the model failed to load")),
+    }
+}
+
+/// Takes `n` admission slots (one per image) or answers 429 at once.
+fn admit(state: &AppState, n: usize) -> ApiResult<OwnedSemaphorePermit> {
+    let permit =
+        u32::try_from(n).ok().and_then(|n| state.permits.clone().try_acquire_many_owned(n).ok()).ok_or_else(|| {
+            metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
+            ApiError::queue_full()
+        })?;
+    metrics::gauge!(m::IN_FLIGHT).set((state.config.max_queue - state.permits.available_permits()) as f64);
+    Ok(permit)
+}
+
+fn check_model(state: &AppState, model: &str) -> ApiResult<()> {
+    if model != state.config.served_model_name {
+        return Err(ApiError::not_found(
+            "model_not_found",
+            format!("the model {model:?} does not exist; this server serves {:?}", state.config.served_model_name),
+        )
+        .with_param("model"));
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+enum BodyKind {
+    Json,
+    Multipart,
+    Other(String),
+}
+
+fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return BodyKind::Json;
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim().to_string();
+    if essence == "application/json" || essence.ends_with("+json") {
+        BodyKind::Json
+    } else if essence == "multipart/form-data" {
+        BodyKind::Multipart
+    } else {
+        BodyKind::Other(essence)
+    }
+}
+
+fn unsupported_body(found: &str, expected: &str) -> ApiError {
+    ApiError::unsupported_media(
+        "unsupported_media_type",
+        format!("unsupported Content-Type {found:?}; send {expected}"),
+    )
+}
+
+fn body_too_large(limit: usize) -> ApiError {
+    ApiError::too_large(
+        "request_too_large",
+        format!("the request body is larger than this server's limit of {limit} bytes"),
+    )
+}
+
+/// After refusing a body as too large, read and discard a bounded remainder so that the
+/// client receives the 413 instead of a connection reset (a close with unread data).
+const DRAIN_CAP: usize = 1024 * 1024;
+
+async fn drain(mut body: axum::body::BodyDataStream, mut budget: usize) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async move {
+        while let Some(Ok(chunk)) = body.next().await {
+            if chunk.len() >= budget {
+                break;
+            }
+            budget -= chunk.len();
+        }
+    })
+    .await;
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Refuses (413) a request whose `Content-Length` is above `limit`, without keeping it.
+async fn refuse_declared_too_large(req: Request, limit: usize) -> ApiError {
+    if declared_length(req.headers()).is_some_and(|n| n <= DRAIN_CAP as u64) {
+        drain(req.into_body().into_data_stream(), DRAIN_CAP).await;
+    }
+    body_too_large(limit)
+}
+
+/// Reads the whole body, refusing (413) above `limit` from `Content-Length` or while reading.
+async fn read_body(req: Request, limit: usize) -> ApiResult<Bytes> {
+    if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
+        return Err(refuse_declared_too_large(req, limit).await);
+    }
+    let mut body = req.into_body().into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request("invalid_body", "could not read the request body"))?;
+        if buf.len() + chunk.len() > limit {
+            drain(body, DRAIN_CAP).await;
+            return Err(body_too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// JSON syntax errors are 400; a field of the wrong type or value is 422 naming the field.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("invalid_json", "the request body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        if path == "." {
+            ApiError::invalid_param(msg.split('`').nth(1).unwrap_or("body").to_string(), msg)
+        } else {
+            ApiError::invalid_param(path.clone(), format!("{path}: {msg}"))
+        }
+    })
+}
+
+fn queue_error(e: QueueError) -> ApiError {
+    match e {
+        QueueError::Full => {
+            metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
+            ApiError::queue_full()
+        }
+        QueueError::Closed => ApiError::unavailable("shutting_down", "the server is shutting down"),
+        QueueError::DeadlineExceeded => deadline_error(),
+        QueueError::Failed(msg) => ApiError::internal(format!("inference failed: {msg}")),
+    }
+}
+
+fn deadline_error() -> ApiError {
+    metrics::counter!(m::REJECTED, "reason" => "deadline").increment(1);
+    ApiError::unavailable("timeout", "the request did not complete within the server's time limit")
+}
+
+/// One image's outcome.
+struct ImageOutcome {
+    width: u32,
+    height: u32,
+    detections: Vec<Detection>,
+    timings: Timings,
+    annotated: Option<String>,
+}
+
+/// Fetch/decode/preprocess on the blocking pool, then queue for inference.
+async fn process_image(
+    state: &AppState,
+    info: &Arc<ModelInfo>,
+    source: ImageSource,
+    options: DetectOptions,
+    deadline: Instant,
+    return_image: bool,
+) -> ApiResult<ImageOutcome> {
+    let mut timings = Timings::default();
+    let (bytes, b64) = match source {
+        ImageSource::Bytes(b) => (b, None),
+        ImageSource::Base64(s) => (Vec::new(), Some(s)),
+        ImageSource::Url(u) => {
+            let t = std::time::Instant::now();
+            let bytes = crate::fetch::fetch_image(&u, &state.config.fetch).await?;
+            timings.fetch = ms(t.elapsed());
+            (bytes, None)
+        }
+    };
+    let (max_pixels, max_bytes, info2) = (state.config.max_image_pixels, state.config.max_body_bytes, info.clone());
+    // At most one full-size decode per CPU at a time (more would not be faster, only bigger).
+    let slot = state
+        .decode_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))?;
+    let prepared = tokio::task::spawn_blocking(move || {
+        let bytes = match b64 {
+            Some(s) => decode_base64(&s, max_bytes)?,
+            None => bytes,
+        };
+        decode_and_prepare(&bytes, max_pixels, &info2.preprocessor, return_image)
+    })
+    .await
+    .map_err(|_| ApiError::internal("the image decoding task failed"))??;
+    drop(slot);
+    timings.decode = ms(prepared.decode_time);
+    metrics::histogram!(m::DECODE_DURATION).record(prepared.decode_time.as_secs_f64());
+    let (width, height) = prepared.image_size;
+    let rx = state
+        .queue
+        .submit(InferenceRequest {
+            pixels: prepared.pixels,
+            input_size: prepared.input_size,
+            image_size: prepared.image_size,
+            options,
+            deadline: deadline.into_std(),
+        })
+        .map_err(queue_error)?;
+    let result = rx
+        .await
+        .map_err(|_| ApiError::unavailable("shutting_down", "the inference queue stopped"))?
+        .map_err(queue_error)?;
+    timings.queue = ms(result.queue_time);
+    timings.inference = ms(result.inference_time);
+    timings.batch_size = result.batch_size;
+    metrics::counter!(m::DETECTIONS).increment(result.detections.len() as u64);
+    let annotated = match prepared.image {
+        Some(img) => {
+            let dets = result.detections.clone();
+            Some(
+                tokio::task::spawn_blocking(move || annotated_jpeg_data_url(&img, &dets))
+                    .await
+                    .map_err(|_| ApiError::internal("the drawing task failed"))??,
+            )
+        }
+        None => None,
+    };
+    Ok(ImageOutcome { width, height, detections: result.detections, timings, annotated })
+}
+
+/// Runs `f` under the request's deadline.
+async fn with_deadline<F>(state: &AppState, f: impl FnOnce(Instant) -> F) -> Response
+where
+    F: std::future::Future<Output = ApiResult<Response>>,
+{
+    let deadline = Instant::now() + state.config.request_timeout;
+    match tokio::time::timeout_at(deadline, f(deadline)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => deadline_error().into_response(),
+    }
+}
+
+/// Detect objects in one image (JSON or multipart).
+#[utoipa::path(
+    post,
+    path = "/v1/detections",
+    tag = "detection",
+    request_body(
+        description = "JSON with `image` (data URL, http(s) URL or raw base64), or a multipart form with a file field `image`",
+        content(
+            (DetectionRequest = "application/json"),
+            (DetectionForm = "multipart/form-data")
+        )
+    ),
+    responses(
+        (status = 200, description = "Detections", body = DetectionResponse),
+        (status = 400, description = "Bad request: invalid JSON, base64, image or URL", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "Unknown model", body = ErrorResponse),
+        (status = 413, description = "Body, download or image pixel count too large", body = ErrorResponse),
+        (status = 415, description = "Unsupported Content-Type or non-image media", body = ErrorResponse),
+        (status = 422, description = "Invalid parameter", body = ErrorResponse),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorResponse),
+        (status = 503, description = "Not ready, shutting down, or deadline exceeded", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn detections(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let st = state.clone();
+    with_deadline(&state, move |deadline| async move { detections_inner(&st, req, deadline).await }).await
+}
+
+async fn detections_inner(state: &AppState, req: Request, deadline: Instant) -> ApiResult<Response> {
+    let start = Instant::now();
+    let info = ready(state)?;
+    let _permit = admit(state, 1)?;
+    let (source, params, model, return_image) = match body_kind(req.headers()) {
+        BodyKind::Json => {
+            let bytes = read_body(req, state.config.max_body_bytes).await?;
+            let body: DetectionRequest = parse_json(&bytes)?;
+            let source = parse_image_ref(&body.image, true, "image")?;
+            (source, body.params(), body.model.clone(), body.return_image)
+        }
+        BodyKind::Multipart => read_multipart(req, state.config.max_body_bytes).await?,
+        BodyKind::Other(ct) => return Err(unsupported_body(&ct, "application/json or multipart/form-data")),
+    };
+    if let Some(model) = &model {
+        check_model(state, model)?;
+    }
+    let options = params.to_options(&info.labels, state.config.decoder_layers)?;
+    let mut out = process_image(state, &info, source, options, deadline, return_image).await?;
+    out.timings.total = ms(start.elapsed());
+    Ok(Json(DetectionResponse {
+        model: state.config.served_model_name.clone(),
+        width: out.width,
+        height: out.height,
+        detections: out.detections,
+        timings_ms: out.timings,
+        annotated_image: out.annotated,
+    })
+    .into_response())
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        body_too_large(limit)
+    } else {
+        ApiError::bad_request("invalid_multipart", format!("invalid multipart body: {}", e.body_text()))
+    }
+}
+
+fn form_value<T: std::str::FromStr>(name: &str, text: &str) -> ApiResult<T> {
+    text.trim().parse::<T>().map_err(|_| ApiError::invalid_param(name, format!("{name}: invalid value {text:?}")))
+}
+
+async fn read_multipart(req: Request, limit: usize) -> ApiResult<(ImageSource, DetectParams, Option<String>, bool)> {
+    if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
+        return Err(refuse_declared_too_large(req, limit).await);
+    }
+    let mut form = Multipart::from_request(req, &()).await.map_err(|e| {
+        ApiError::bad_request("invalid_multipart", format!("invalid multipart body: {}", e.body_text()))
+    })?;
+    let mut image = None;
+    let mut params = DetectParams::default();
+    let mut model = None;
+    let mut return_image = false;
+    while let Some(field) = form.next_field().await.map_err(|e| multipart_error(e, limit))? {
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "image" | "file" => {
+                let is_file = field.file_name().is_some();
+                let bytes = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+                let text = if is_file { None } else { std::str::from_utf8(&bytes).ok() };
+                image = Some(match text {
+                    // A text field holding a URL or base64 rather than a file.
+                    Some(t) if t.trim_start().starts_with("data:") || t.contains("://") => {
+                        parse_image_ref(t, true, "image")?
+                    }
+                    _ => ImageSource::Bytes(bytes.to_vec()),
+                });
+            }
+            "threshold" | "max_detections" | "classes" | "return_image" | "model" => {
+                let text = field.text().await.map_err(|e| multipart_error(e, limit))?;
+                match name.as_str() {
+                    "threshold" => params.threshold = Some(form_value(&name, &text)?),
+                    "max_detections" => params.max_detections = Some(form_value(&name, &text)?),
+                    "classes" => params
+                        .classes
+                        .get_or_insert_with(Vec::new)
+                        .extend(text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)),
+                    "return_image" => return_image = form_value(&name, &text.to_ascii_lowercase())?,
+                    _ => model = Some(text.trim().to_string()),
+                }
+            }
+            _ => {} // unknown fields are ignored
+        }
+    }
+    let image = image.ok_or_else(|| {
+        ApiError::bad_request("missing_image", "the multipart form has no `image` file field").with_param("image")
+    })?;
+    Ok((image, params, model, return_image))
+}
+
+/// Collects the images of a chat request, in order; text parts are ignored.
+fn collect_images(messages: &[ChatMessage]) -> ApiResult<Vec<ImageSource>> {
+    let mut images = Vec::new();
+    for (i, msg) in messages.iter().enumerate() {
+        match &msg.content {
+            serde_json::Value::Null | serde_json::Value::String(_) => {}
+            serde_json::Value::Array(parts) => {
+                for (j, part) in parts.iter().enumerate() {
+                    let param = format!("messages[{i}].content[{j}]");
+                    let kind = part.get("type").and_then(|t| t.as_str()).ok_or_else(|| {
+                        ApiError::bad_request("invalid_content_part", format!("{param}: content part without a type"))
+                            .with_param(format!("{param}.type"))
+                    })?;
+                    match kind {
+                        "text" | "input_text" => {}
+                        "image_url" | "input_image" => {
+                            let url = match part.get("image_url") {
+                                Some(serde_json::Value::String(s)) => Some(s.as_str()),
+                                Some(serde_json::Value::Object(o)) => o.get("url").and_then(|u| u.as_str()),
+                                _ => None,
+                            }
+                            .ok_or_else(|| {
+                                ApiError::bad_request(
+                                    "invalid_content_part",
+                                    format!("{param}: image_url part needs image_url.url"),
+                                )
+                                .with_param(format!("{param}.image_url.url"))
+                            })?;
+                            images.push(parse_image_ref(url, false, &format!("{param}.image_url.url"))?);
+                        }
+                        other => {
+                            return Err(ApiError::bad_request(
+                                "unsupported_content_part",
+                                format!(
+                                "{param}: content parts of type {other:?} are not supported (use image_url or text)"
+                            ),
+                            )
+                            .with_param(format!("{param}.type")))
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid_param(
+                    format!("messages[{i}].content"),
+                    "message content must be a string or a list of content parts",
+                ))
+            }
+        }
+    }
+    Ok(images)
+}
+
+/// OpenAI chat completions: detect objects in the message's images.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    request_body(content = ChatCompletionRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A chat.completion whose message.content is a JSON string of DetectionContent; with `stream: true`, Server-Sent Events of chat.completion.chunk objects ending with `data: [DONE]`",
+            content(
+                (ChatCompletionResponse = "application/json"),
+                (ChatCompletionChunk = "text/event-stream")
+            )
+        ),
+        (status = 400, description = "Bad request: no image, invalid JSON, base64, image or URL", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "Unknown model (`model_not_found`)", body = ErrorResponse),
+        (status = 413, description = "Body, download or image pixel count too large", body = ErrorResponse),
+        (status = 415, description = "Unsupported Content-Type or non-image media", body = ErrorResponse),
+        (status = 422, description = "Invalid parameter", body = ErrorResponse),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorResponse),
+        (status = 503, description = "Not ready, shutting down, or deadline exceeded", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let st = state.clone();
+    with_deadline(&state, move |deadline| async move { chat_inner(&st, req, deadline).await }).await
+}
+
+async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiResult<Response> {
+    let info = ready(state)?;
+    let first = admit(state, 1)?;
+    match body_kind(req.headers()) {
+        BodyKind::Json => {}
+        BodyKind::Multipart => return Err(unsupported_body("multipart/form-data", "application/json")),
+        BodyKind::Other(ct) => return Err(unsupported_body(&ct, "application/json")),
+    }
+    let bytes = read_body(req, state.config.max_body_bytes).await?;
+    let body: ChatCompletionRequest = parse_json(&bytes)?;
+    check_model(state, &body.model)?;
+    let images = collect_images(&body.messages)?;
+    if images.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_image",
+            "the request has no image: add a content part {\"type\":\"image_url\",\"image_url\":{\"url\":...}}",
+        )
+        .with_param("messages"));
+    }
+    let most = MAX_IMAGES_PER_REQUEST.min(state.config.max_queue);
+    if images.len() > most {
+        return Err(ApiError::bad_request(
+            "too_many_images",
+            format!("{} images in one request; this server takes at most {most}", images.len()),
+        )
+        .with_param("messages"));
+    }
+    let _more = if images.len() > 1 { Some(admit(state, images.len() - 1)?) } else { None };
+    let options = body.params().to_options(&info.labels, state.config.decoder_layers)?;
+    let n_images = images.len() as u64;
+    let outcomes = futures_util::future::try_join_all(
+        images.into_iter().map(|src| process_image(state, &info, src, options.clone(), deadline, false)),
+    )
+    .await?;
+    drop(first);
+    let detections: u64 = outcomes.iter().map(|o| o.detections.len() as u64).sum();
+    let content = DetectionContent {
+        results: outcomes
+            .into_iter()
+            .map(|o| ImageResult { width: o.width, height: o.height, detections: o.detections })
+            .collect(),
+    };
+    let content = serde_json::to_string(&content).map_err(|e| ApiError::internal(e.to_string()))?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = unix_now();
+    let model = state.config.served_model_name.clone();
+    let usage = Usage { prompt_tokens: n_images, completion_tokens: detections, total_tokens: n_images + detections };
+    if body.stream.unwrap_or(false) {
+        let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        return Ok(stream_response(id, created, model, content, include_usage.then_some(usage)));
+    }
+    Ok(Json(ChatCompletionResponse {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model,
+        choices: vec![ChatChoice {
+            index: 0,
+            message: AssistantMessage { role: "assistant".into(), content, refusal: None },
+            logprobs: None,
+            finish_reason: "stop".into(),
+        }],
+        usage,
+        system_fingerprint: None,
+    })
+    .into_response())
+}
+
+/// The same content as Server-Sent Events: role, content, stop, [usage], `[DONE]`.
+fn stream_response(id: String, created: u64, model: String, content: String, usage: Option<Usage>) -> Response {
+    let chunk = |delta: Delta, finish: Option<&str>| ChatCompletionChunk {
+        id: id.clone(),
+        object: "chat.completion.chunk".into(),
+        created,
+        model: model.clone(),
+        system_fingerprint: None,
+        choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish.map(str::to_string) }],
+        usage: None,
+    };
+    let mut chunks = vec![
+        chunk(Delta { role: Some("assistant".into()), content: Some(String::new()) }, None),
+        chunk(Delta { role: None, content: Some(content) }, None),
+        chunk(Delta::default(), Some("stop")),
+    ];
+    if let Some(usage) = usage {
+        let mut last = chunk(Delta::default(), None);
+        last.choices.clear();
+        last.usage = Some(usage);
+        chunks.push(last);
+    }
+    let mut events: Vec<Event> =
+        chunks.iter().map(|c| Event::default().data(serde_json::to_string(c).unwrap_or_default())).collect();
+    events.push(Event::default().data("[DONE]"));
+    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<Event, Infallible>));
+    let mut resp = Sse::new(stream).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn model_entry(state: &AppState) -> Model {
+    Model {
+        id: state.config.served_model_name.clone(),
+        object: "model".into(),
+        created: state.created,
+        owned_by: "rtdetr".into(),
+    }
+}
+
+/// OpenAI model list: the one served model.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    responses(
+        (status = 200, body = ModelList),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList { object: "list".into(), data: vec![model_entry(&state)] })
+}
+
+/// One model by id.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "openai",
+    params(("model" = String, Path, description = "Served model name")),
+    responses(
+        (status = 200, body = Model),
+        (status = 404, description = "Unknown model", body = ErrorResponse)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Model>> {
+    check_model(&state, &id)?;
+    Ok(Json(model_entry(&state)))
+}
+
+/// 200 once the model is loaded and warmed up; 503 while loading or shutting down.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "Loading, failed, or shutting down", body = ErrorResponse)
+    )
+)]
+pub async fn health(State(state): State<Arc<AppState>>) -> ApiResult<Json<Health>> {
+    ready(&state)?;
+    Ok(Json(Health { status: "ok".into(), model: state.config.served_model_name.clone() }))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
+)]
+pub async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
+    metrics::gauge!(m::QUEUE_DEPTH).set(state.queue.depth() as f64);
+    metrics::gauge!(m::IN_FLIGHT).set((state.config.max_queue - state.permits.available_permits()) as f64);
+    let body = m::render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// Unknown routes: 404 in OpenAI's error shape.
+pub async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found("not_found", format!("unknown route: {method} {}", uri.path()))
+}

@@ -1,0 +1,189 @@
+//! Image inputs: data URLs, raw base64, http(s) URLs and uploaded bytes, decoded with a
+//! pixel limit read from the header before decoding (decompression bombs), then
+//! preprocessed for the model. Runs on tokio's blocking pool, off the inference thread.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use image::RgbImage;
+use rtdetr::preprocess::Preprocessor;
+
+use crate::error::ApiError;
+
+/// Where an image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// Base64 payload (from a data URL or raw), not yet decoded.
+    Base64(String),
+    /// An http(s) URL to fetch.
+    Url(String),
+    /// Uploaded bytes (multipart).
+    Bytes(Vec<u8>),
+}
+
+/// Classifies an image reference string: `data:image/...;base64,...`, `http(s)://...`, or
+/// (when `allow_raw_base64`) bare base64.
+pub fn parse_image_ref(s: &str, allow_raw_base64: bool, param: &str) -> Result<ImageSource, ApiError> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(ApiError::bad_request("missing_image", "the image is empty").with_param(param));
+    }
+    if t.len() >= 5 && t[..5].eq_ignore_ascii_case("data:") {
+        let (meta, data) = t[5..].split_once(',').ok_or_else(|| {
+            ApiError::bad_request("invalid_image_url", "malformed data URL: no ',' before the data").with_param(param)
+        })?;
+        let mut parts = meta.split(';');
+        let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let is_base64 = parts.any(|p| p.trim().eq_ignore_ascii_case("base64"));
+        if !mime.is_empty() && !mime.starts_with("image/") && mime != "application/octet-stream" {
+            return Err(ApiError::unsupported_media(
+                "unsupported_media_type",
+                format!("data URL has media type {mime:?}; send an image (image/jpeg, image/png, image/webp, ...)"),
+            )
+            .with_param(param));
+        }
+        if !is_base64 {
+            return Err(ApiError::bad_request("invalid_image_url", "data URLs must be base64-encoded (';base64,')")
+                .with_param(param));
+        }
+        return Ok(ImageSource::Base64(data.to_string()));
+    }
+    if t.contains("://") {
+        // http(s) is checked when fetching; other schemes are refused there with a clear message.
+        return Ok(ImageSource::Url(t.to_string()));
+    }
+    if allow_raw_base64 {
+        return Ok(ImageSource::Base64(t.to_string()));
+    }
+    Err(ApiError::bad_request(
+        "invalid_image_url",
+        "image_url.url must be a data URL (data:image/png;base64,...) or an http(s) URL",
+    )
+    .with_param(param))
+}
+
+/// Decodes base64 (standard or URL-safe alphabet, padded or not, whitespace ignored).
+pub fn decode_base64(data: &str, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
+    let compact: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if compact.len() / 4 * 3 > max_bytes {
+        return Err(ApiError::too_large("image_too_large", format!("the image is larger than {max_bytes} bytes")));
+    }
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    for e in engines {
+        if let Ok(bytes) = e.decode(&compact) {
+            if bytes.is_empty() {
+                break;
+            }
+            return Ok(bytes);
+        }
+    }
+    Err(ApiError::bad_request("invalid_base64", "the image is not valid base64"))
+}
+
+/// An image decoded and preprocessed for the model.
+pub struct Prepared {
+    pub pixels: Vec<f32>,
+    /// (height, width) of `pixels`.
+    pub input_size: (usize, usize),
+    /// (width, height) of the decoded image.
+    pub image_size: (u32, u32),
+    /// The decoded image, kept when an annotated image is requested.
+    pub image: Option<RgbImage>,
+    pub decode_time: Duration,
+}
+
+const SUPPORTED: &str = "JPEG, PNG, WebP, BMP, GIF";
+
+/// Checks the format and the header's pixel count, decodes (EXIF orientation applied) and
+/// preprocesses. Errors: 400 for unsupported formats and undecodable data, 413 above the
+/// pixel limit.
+pub fn decode_and_prepare(
+    bytes: &[u8],
+    max_pixels: u64,
+    preprocessor: &Preprocessor,
+    keep_image: bool,
+) -> Result<Prepared, ApiError> {
+    let start = Instant::now();
+    let format = image::guess_format(bytes).map_err(|_| {
+        ApiError::bad_request(
+            "unsupported_image_format",
+            format!("unrecognised image format; supported formats: {SUPPORTED}"),
+        )
+    })?;
+    use image::ImageFormat as F;
+    if !matches!(format, F::Jpeg | F::Png | F::WebP | F::Bmp | F::Gif) {
+        return Err(ApiError::bad_request(
+            "unsupported_image_format",
+            format!("{format:?} images are not supported; supported formats: {SUPPORTED}"),
+        ));
+    }
+    let (w, h) = rtdetr::preprocess::image_dimensions(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot read the image header: {e}")))?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(ApiError::too_large(
+            "image_too_large",
+            format!("the image is {w}x{h} = {pixels} pixels, above this server's limit of {max_pixels}"),
+        ));
+    }
+    let img = rtdetr::decode_image(bytes, max_pixels)
+        .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot decode the image: {e}")))?;
+    let (iw, ih) = img.dimensions();
+    let px = preprocessor
+        .pixels(&img)
+        .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot preprocess the image: {e}")))?;
+    let input_size = preprocessor.output_size(ih as usize, iw as usize);
+    metrics::counter!(crate::metrics::IMAGES).increment(1);
+    Ok(Prepared {
+        pixels: px,
+        input_size,
+        image_size: (iw, ih),
+        image: keep_image.then_some(img),
+        decode_time: start.elapsed(),
+    })
+}
+
+/// Draws the detections and encodes a JPEG data URL.
+pub fn annotated_jpeg_data_url(image: &RgbImage, detections: &[rtdetr::Detection]) -> Result<String, ApiError> {
+    let canvas = rtdetr::draw::annotate(image, detections);
+    let mut jpeg = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
+    canvas
+        .write_with_encoder(encoder)
+        .map_err(|e| ApiError::internal(format!("cannot encode the annotated image: {e}")))?;
+    Ok(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(&jpeg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refs() {
+        assert!(
+            matches!(parse_image_ref("data:image/png;base64,AAAA", false, "x"), Ok(ImageSource::Base64(s)) if s == "AAAA")
+        );
+        assert!(matches!(parse_image_ref("DATA:;base64,AAAA", false, "x"), Ok(ImageSource::Base64(_))));
+        assert_eq!(parse_image_ref("data:text/plain;base64,AAAA", false, "x").unwrap_err().status, 415);
+        assert_eq!(parse_image_ref("data:image/png,rawbytes", false, "x").unwrap_err().status, 400);
+        assert!(matches!(parse_image_ref("https://example.com/a.png", false, "x"), Ok(ImageSource::Url(_))));
+        assert!(matches!(parse_image_ref("iVBORw0KGgo=", true, "x"), Ok(ImageSource::Base64(_))));
+        assert_eq!(parse_image_ref("iVBORw0KGgo=", false, "x").unwrap_err().status, 400);
+        assert_eq!(parse_image_ref("  ", true, "x").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn base64_variants() {
+        assert_eq!(decode_base64("aGVsbG8=", 100).unwrap(), b"hello");
+        assert_eq!(decode_base64("aGVs\nbG8", 100).unwrap(), b"hello");
+        assert_eq!(decode_base64("-_8", 100).unwrap(), vec![0xfb, 0xff]);
+        assert_eq!(decode_base64("not base64!!", 100).unwrap_err().code, Some("invalid_base64"));
+        assert_eq!(decode_base64("", 100).unwrap_err().code, Some("invalid_base64"));
+        assert_eq!(decode_base64(&"A".repeat(400), 100).unwrap_err().status, 413);
+    }
+}

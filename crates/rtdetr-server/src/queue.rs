@@ -1,0 +1,380 @@
+//! The inference queue: one thread owns the [`Detector`] and runs dynamic batches.
+//!
+//! Request handlers decode and preprocess images on tokio's blocking pool (in parallel with
+//! inference) and submit the ready pixels here. The batcher takes the first waiting job,
+//! then gathers more for up to `max_batch_delay` or until `max_batch_size`, drops jobs
+//! whose client went away or whose deadline passed, runs one forward pass and
+//! post-processes each image with its own options (threshold, class filter, cap), so
+//! requests with different options still share a forward pass. Results equal one-by-one
+//! inference because every image goes through the same preprocessing and post-processing
+//! functions as [`Detector::detect`]. This is the only module that touches tensors.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rtdetr::model::StageTimes;
+use rtdetr::preprocess::Preprocessor;
+use rtdetr::{DetectOptions, Detection, Detector};
+use tokio::sync::{oneshot, watch};
+
+use crate::metrics as m;
+
+/// Builds the detector on the inference thread.
+pub type ModelLoader = Box<dyn FnOnce() -> anyhow::Result<Detector> + Send>;
+
+/// Batching parameters.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub max_batch_size: usize,
+    pub max_batch_delay: Duration,
+    /// Jobs the channel holds (live ones are bounded by the server's admission permits).
+    pub capacity: usize,
+    /// Run only the first N decoder layers.
+    pub decoder_layers: Option<usize>,
+    /// Test hook: sleep this long before each batch (to fill the queue deterministically).
+    #[doc(hidden)]
+    pub test_batch_delay: Option<Duration>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 8,
+            max_batch_delay: Duration::from_millis(5),
+            capacity: 128,
+            decoder_layers: None,
+            test_batch_delay: None,
+        }
+    }
+}
+
+/// What request handlers need to know about the loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub labels: Vec<String>,
+    pub preprocessor: Preprocessor,
+}
+
+/// Loading progress, observed by `/health` and the handlers.
+#[derive(Debug, Clone)]
+pub enum ModelState {
+    Loading,
+    Ready(Arc<ModelInfo>),
+    Failed(String),
+}
+
+/// One image ready for the network.
+#[derive(Debug)]
+pub struct InferenceRequest {
+    /// CHW pixels from the model's preprocessor.
+    pub pixels: Vec<f32>,
+    /// (height, width) of `pixels`.
+    pub input_size: (usize, usize),
+    /// (width, height) of the original image (boxes are scaled to it).
+    pub image_size: (u32, u32),
+    pub options: DetectOptions,
+    /// Skipped (and answered with [`QueueError::DeadlineExceeded`]) if not started by then.
+    pub deadline: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferenceResult {
+    pub detections: Vec<Detection>,
+    /// Time spent waiting in the queue.
+    pub queue_time: Duration,
+    /// Forward pass + post-processing of the batch this image was in.
+    pub inference_time: Duration,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueError {
+    Full,
+    Closed,
+    DeadlineExceeded,
+    Failed(String),
+}
+
+struct Job {
+    req: InferenceRequest,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<InferenceResult, QueueError>>,
+}
+
+/// Counters for tests and logs.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub batches: AtomicU64,
+    pub images: AtomicU64,
+    pub max_batch_seen: AtomicUsize,
+    /// Jobs dropped because the client went away before inference.
+    pub skipped_disconnected: AtomicU64,
+    pub skipped_deadline: AtomicU64,
+}
+
+/// Handle to the inference thread.
+pub struct InferenceQueue {
+    tx: Mutex<Option<SyncSender<Job>>>,
+    depth: Arc<AtomicUsize>,
+    stats: Arc<QueueStats>,
+    state: watch::Receiver<ModelState>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl InferenceQueue {
+    /// Starts the inference thread: loads the model, warms it up with one forward pass,
+    /// then serves batches. The state goes `Loading` → `Ready` (or `Failed`).
+    pub fn start(loader: ModelLoader, config: QueueConfig) -> Arc<Self> {
+        let (tx, rx) = sync_channel::<Job>(config.capacity.max(1));
+        let (state_tx, state_rx) = watch::channel(ModelState::Loading);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(QueueStats::default());
+        let (d, s) = (depth.clone(), stats.clone());
+        let spawned = std::thread::Builder::new().name("rtdetr-inference".into()).spawn(move || {
+            let detector = match std::panic::catch_unwind(AssertUnwindSafe(loader)) {
+                Ok(Ok(det)) => det,
+                Ok(Err(e)) => {
+                    let _ = state_tx.send(ModelState::Failed(format!("{e:#}")));
+                    return;
+                }
+                Err(_) => {
+                    let _ = state_tx.send(ModelState::Failed("model loading panicked".into()));
+                    return;
+                }
+            };
+            let started = Instant::now();
+            if let Err(e) = warm_up(&detector, config.decoder_layers) {
+                let _ = state_tx.send(ModelState::Failed(format!("warm-up failed: {e}")));
+                return;
+            }
+            tracing::info!(warmup_ms = started.elapsed().as_millis() as u64, "model warmed up");
+            let info = ModelInfo { labels: detector.labels().to_vec(), preprocessor: detector.preprocessor().clone() };
+            let _ = state_tx.send(ModelState::Ready(Arc::new(info)));
+            batch_loop(&detector, rx, &config, &d, &s);
+            tracing::debug!("inference thread stopped");
+        });
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // The closure (and its state sender) is gone: report the failure through a
+                // fresh channel whose sender is dropped, so waiters see it at once.
+                let (_, failed) = watch::channel(ModelState::Failed(format!("cannot start the inference thread: {e}")));
+                return Arc::new(Self { tx: Mutex::new(None), depth, stats, state: failed, thread: Mutex::new(None) });
+            }
+        };
+        Arc::new(Self { tx: Mutex::new(Some(tx)), depth, stats, state: state_rx, thread: Mutex::new(thread) })
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the model is ready (`Ok`) or failed to load (`Err`).
+    pub async fn wait_ready(&self) -> Result<Arc<ModelInfo>, String> {
+        let mut rx = self.state.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                ModelState::Ready(info) => return Ok(info.clone()),
+                ModelState::Failed(e) => return Err(e.clone()),
+                ModelState::Loading => {}
+            }
+            if rx.changed().await.is_err() {
+                return match &*rx.borrow() {
+                    ModelState::Ready(info) => Ok(info.clone()),
+                    ModelState::Failed(e) => Err(e.clone()),
+                    ModelState::Loading => Err("the inference thread stopped".into()),
+                };
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
+    }
+
+    /// Images waiting for the inference thread.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Queues one image; never blocks. The receiver yields its result.
+    pub fn submit(
+        &self,
+        req: InferenceRequest,
+    ) -> Result<oneshot::Receiver<Result<InferenceResult, QueueError>>, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        let guard = self.tx.lock().map_err(|_| QueueError::Closed)?;
+        let tx = guard.as_ref().ok_or(QueueError::Closed)?;
+        // Count before sending so the batcher never sees the depth go negative.
+        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        match tx.try_send(Job { req, enqueued: Instant::now(), reply }) {
+            Ok(()) => {
+                metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
+                Ok(rx)
+            }
+            Err(e) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => QueueError::Full,
+                    TrySendError::Disconnected(_) => QueueError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Stops accepting jobs; the thread finishes what is queued and exits. Waits up to `timeout`.
+    pub fn close(&self, timeout: Duration) {
+        if let Ok(mut g) = self.tx.lock() {
+            g.take();
+        }
+        let handle = self.thread.lock().ok().and_then(|mut g| g.take());
+        if let Some(h) = handle {
+            let deadline = Instant::now() + timeout;
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                tracing::warn!("inference thread still busy after {timeout:?}; not waiting for it");
+            }
+        }
+    }
+}
+
+fn warm_up(detector: &Detector, decoder_layers: Option<usize>) -> rtdetr::Result<()> {
+    let (h, w) = detector.preprocessor().size.unwrap_or((640, 640));
+    let pixels = candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    detector.forward(&pixels, decoder_layers, &mut StageTimes::default())?;
+    Ok(())
+}
+
+fn batch_loop(detector: &Detector, rx: Receiver<Job>, cfg: &QueueConfig, depth: &AtomicUsize, stats: &QueueStats) {
+    let max_batch = cfg.max_batch_size.max(1);
+    loop {
+        let first = match rx.recv() {
+            Ok(j) => j,
+            Err(_) => return, // closed and drained
+        };
+        let mut batch = vec![first];
+        let opened = Instant::now();
+        while batch.len() < max_batch {
+            let left = cfg.max_batch_delay.saturating_sub(opened.elapsed());
+            let next = if left.is_zero() {
+                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_timeout(left)
+            };
+            match next {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let left = depth.fetch_sub(batch.len(), Ordering::Relaxed).saturating_sub(batch.len());
+        metrics::gauge!(m::QUEUE_DEPTH).set(left as f64);
+        if let Some(d) = cfg.test_batch_delay {
+            std::thread::sleep(d);
+        }
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(batch.len());
+        for job in batch {
+            if job.reply.is_closed() {
+                // The client went away: do not spend inference on it.
+                stats.skipped_disconnected.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::REJECTED, "reason" => "client_gone").increment(1);
+            } else if now > job.req.deadline {
+                stats.skipped_deadline.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::REJECTED, "reason" => "deadline").increment(1);
+                let _ = job.reply.send(Err(QueueError::DeadlineExceeded));
+            } else {
+                live.push(job);
+            }
+        }
+        let mut batch = live;
+        if batch.is_empty() {
+            continue;
+        }
+        // Images of one forward pass must share an input size (they do unless the
+        // checkpoint keeps the original size).
+        while !batch.is_empty() {
+            let size = batch[0].req.input_size;
+            let (group, rest): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.req.input_size == size);
+            batch = rest;
+            run_group(detector, group, cfg.decoder_layers, stats);
+        }
+    }
+}
+
+fn run_group(detector: &Detector, group: Vec<Job>, decoder_layers: Option<usize>, stats: &QueueStats) {
+    let n = group.len();
+    let started = Instant::now();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| infer(detector, &group, decoder_layers)));
+    let elapsed = started.elapsed();
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.images.fetch_add(n as u64, Ordering::Relaxed);
+    stats.max_batch_seen.fetch_max(n, Ordering::Relaxed);
+    metrics::histogram!(m::BATCH_SIZE).record(n as f64);
+    metrics::histogram!(m::INFERENCE_DURATION).record(elapsed.as_secs_f64());
+    let outcome = match result {
+        Ok(Ok(dets)) => Ok(dets),
+        Ok(Err(e)) => Err(QueueError::Failed(e.to_string())),
+        Err(_) => Err(QueueError::Failed("the inference engine panicked".into())),
+    };
+    match outcome {
+        Ok(all) => {
+            for (job, detections) in group.into_iter().zip(all) {
+                let queue_time = started.saturating_duration_since(job.enqueued);
+                metrics::histogram!(m::QUEUE_WAIT).record(queue_time.as_secs_f64());
+                let _ = job.reply.send(Ok(InferenceResult {
+                    detections,
+                    queue_time,
+                    inference_time: elapsed,
+                    batch_size: n,
+                }));
+            }
+        }
+        Err(e) => {
+            tracing::error!(batch = n, "inference failed: {e:?}");
+            for job in group {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn infer(detector: &Detector, group: &[Job], decoder_layers: Option<usize>) -> rtdetr::Result<Vec<Vec<Detection>>> {
+    let (h, w) = group[0].req.input_size;
+    let mut data = Vec::with_capacity(group.len() * 3 * h * w);
+    for job in group {
+        if job.req.pixels.len() != 3 * h * w {
+            return Err(rtdetr::Error::InvalidArgument("pixel buffer does not match its input size".into()));
+        }
+        data.extend_from_slice(&job.req.pixels);
+    }
+    let pixels = candle_core::Tensor::from_vec(data, (group.len(), 3, h, w), &candle_core::Device::Cpu)?;
+    let out = detector.forward(&pixels, decoder_layers, &mut StageTimes::default())?;
+    let (b, q, c) = out.logits.dims3()?;
+    if b != group.len() {
+        return Err(rtdetr::Error::InvalidArgument(format!("model returned {b} results for {} images", group.len())));
+    }
+    let logits = out.logits.flatten_all()?.to_vec1::<f32>()?;
+    let boxes = out.boxes.flatten_all()?.to_vec1::<f32>()?;
+    Ok(group
+        .iter()
+        .enumerate()
+        .map(|(i, job)| {
+            rtdetr::postprocess::post_process(
+                &logits[i * q * c..(i + 1) * q * c],
+                &boxes[i * q * 4..(i + 1) * q * 4],
+                c,
+                job.req.image_size,
+                detector.labels(),
+                &job.req.options,
+            )
+        })
+        .collect())
+}
