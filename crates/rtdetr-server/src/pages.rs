@@ -1,4 +1,6 @@
-//! `GET /`: a placeholder page until the web UI lands. Replace [`routes`] to swap it.
+//! `GET /`: the web page (plain HTML/JS/CSS embedded in the binary, no CDN): drop or pick
+//! an image and see the boxes drawn on a canvas, threshold slider and class filter applied
+//! client-side, API key kept in the browser's local storage.
 
 use std::sync::Arc;
 
@@ -8,23 +10,12 @@ use axum::Router;
 
 use crate::server::AppState;
 
+static INDEX: &str = include_str!("../static/index.html");
+
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/", get(index))
 }
 
 async fn index() -> Html<&'static str> {
-    Html(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>rtdetr</title></head>
-<body style="font: 15px/1.5 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto">
-<h1>rtdetr</h1>
-<p>RT-DETR object detection with an OpenAI-compatible API.</p>
-<ul>
-<li><a href="/docs">API documentation</a> (<a href="/openapi.json">OpenAPI JSON</a>)</li>
-<li><code>POST /v1/chat/completions</code>, <code>POST /v1/detections</code>, <code>GET /v1/models</code></li>
-<li><a href="/health">/health</a>, <a href="/metrics">/metrics</a></li>
-</ul>
-</body></html>
-"#,
-    )
+    Html(INDEX)
 }

@@ -56,9 +56,11 @@ async fn info_endpoints_and_request_ids() {
     assert_eq!(s, 200);
     assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(body.contains("/openapi.json") && !body.contains("cdn") && !body.contains("https://"));
+    // The web page works offline: everything inline, no external URL.
     let (s, _, body) = t.get("/").await;
     assert_eq!(s, 200);
-    assert!(body.contains("/docs"));
+    assert!(body.contains("/docs") && body.contains("/v1/detections") && body.contains("<canvas"));
+    assert!(!body.contains("https://") && !body.contains("http://"));
 
     // Unknown route and wrong method: 404/405 in OpenAI's shape.
     let (s, h, body) = t.get("/v1/nope").await;
