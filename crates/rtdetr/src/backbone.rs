@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use crate::config::{Activation, ResNetConfig};
 use crate::error::Result;
-use crate::nn::{activate, avg_pool_2x2_ceil, max_pool_3x3_s2_p1, ConvBn};
+use crate::nn::{avg_pool_2x2_ceil, max_pool_3x3_s2_p1, ConvBn};
 use crate::weights::Weights;
 
 /// Frozen BatchNorm in the backbone uses a fixed epsilon (RTDetrFrozenBatchNorm2d).
@@ -128,12 +128,13 @@ impl ResidualLayer {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (last, first) = self.convs.split_last().expect("residual layers have convolutions");
         let mut h = x.clone();
-        for c in &self.convs {
+        for c in first {
             h = c.forward(&h)?;
         }
         let r = self.shortcut.forward(x)?;
-        activate(&(h + r)?, self.act)
+        last.forward_add(&h, &r, self.act)
     }
 }
 

@@ -5,9 +5,11 @@
 use candle_core::Tensor;
 
 use crate::config::{Activation, RtDetrConfig};
+use crate::cpu::with_f32;
 use crate::deform_attn::{ms_deform_attn, MsdaDims};
 use crate::error::Result;
-use crate::nn::{activate, multi_head_attention, LayerNorm, Linear, MlpHead};
+use crate::kernels::softmax_rows;
+use crate::nn::{add, multi_head_attention, LayerNorm, Linear, MlpHead};
 use crate::weights::Weights;
 
 struct DeformableAttention {
@@ -36,36 +38,42 @@ impl DeformableAttention {
     }
 
     /// `query`: (B, Q, D) with position embedding added; `reference`: (B, Q, 4) cxcywh in
-    /// [0, 1]; `memory`: (B, S, D) flattened levels of `shapes`.
+    /// [0, 1]; `memory`: (B, S, D) flattened levels of `shapes`. Returns
+    /// `output_proj(attention) + residual`.
     fn forward(
         &self,
         query: &Tensor,
         reference: &Tensor,
         memory: &Tensor,
         shapes: &[(usize, usize)],
+        residual: &Tensor,
     ) -> Result<Tensor> {
         let (b, q, d) = query.dims3()?;
         let (h, l, p) = (self.heads, self.levels, self.points);
-        let value = self.value_proj.forward(memory)?.flatten_all()?.to_vec1::<f32>()?;
-        let offsets = self.sampling_offsets.forward(query)?.flatten_all()?.to_vec1::<f32>()?;
-        let weights = self.attention_weights.forward(query)?.reshape((b, q, h, l * p))?;
-        let weights = candle_nn::ops::softmax_last_dim(&weights)?.flatten_all()?.to_vec1::<f32>()?;
-        let refs = reference.flatten_all()?.to_vec1::<f32>()?;
+        let s = memory.dim(1)?;
+        let value = with_f32(memory, |m| self.value_proj.run(m, b * s, None, Activation::Identity))?;
+        let (mut locations, weights) = with_f32(query, |qs| {
+            let offsets = self.sampling_offsets.run(qs, b * q, None, Activation::Identity);
+            let mut weights = self.attention_weights.run(qs, b * q, None, Activation::Identity);
+            softmax_rows(&mut weights, l * p);
+            (offsets, weights)
+        })?;
         // sampling_locations = ref_xy + offsets / P * ref_wh * 0.5 (reference's order of ops).
-        let mut locations = offsets;
-        let per_query = h * l * p;
-        for bq in 0..b * q {
-            let r = &refs[bq * 4..bq * 4 + 4];
-            for k in 0..per_query {
-                let i = (bq * per_query + k) * 2;
-                locations[i] = r[0] + locations[i] / p as f32 * r[2] * 0.5;
-                locations[i + 1] = r[1] + locations[i + 1] / p as f32 * r[3] * 0.5;
+        with_f32(reference, |refs| {
+            let per_query = h * l * p;
+            for bq in 0..b * q {
+                let r = &refs[bq * 4..bq * 4 + 4];
+                for k in 0..per_query {
+                    let i = (bq * per_query + k) * 2;
+                    locations[i] = r[0] + locations[i] / p as f32 * r[2] * 0.5;
+                    locations[i + 1] = r[1] + locations[i + 1] / p as f32 * r[3] * 0.5;
+                }
             }
-        }
+        })?;
         let dims = MsdaDims { batch: b, queries: q, heads: h, head_dim: d / h, points: p };
         let out = ms_deform_attn(&value, shapes, &locations, &weights, dims);
         let out = Tensor::from_vec(out, (b, q, d), query.device())?;
-        self.output_proj.forward(&out)
+        self.output_proj.forward_with(&out, Some(residual), Activation::Identity)
     }
 }
 
@@ -113,13 +121,13 @@ impl DecoderLayer {
         memory: &Tensor,
         shapes: &[(usize, usize)],
     ) -> Result<Tensor> {
-        let qk = (x + pos)?;
+        let qk = add(x, pos)?;
         let attn = multi_head_attention(&self.q.forward(&qk)?, &self.k.forward(&qk)?, &self.v.forward(x)?, self.heads)?;
-        let x = self.self_attn_norm.forward(&(x + self.o.forward(&attn)?)?)?;
-        let cross = self.cross_attn.forward(&(&x + pos)?, reference, memory, shapes)?;
-        let x = self.cross_attn_norm.forward(&(x + cross)?)?;
-        let m = self.fc2.forward(&activate(&self.fc1.forward(&x)?, self.act)?)?;
-        self.final_norm.forward(&(x + m)?)
+        let x = self.self_attn_norm.forward(&self.o.forward_with(&attn, Some(x), Activation::Identity)?)?;
+        let cross = self.cross_attn.forward(&add(&x, pos)?, reference, memory, shapes, &x)?;
+        let x = self.cross_attn_norm.forward(&cross)?;
+        let m = self.fc2.forward_with(&self.fc1.forward_with(&x, None, self.act)?, Some(&x), Activation::Identity)?;
+        self.final_norm.forward(&m)
     }
 }
 

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 
 use crate::config::{Activation, RtDetrConfig};
 use crate::error::Result;
-use crate::nn::{activate, multi_head_attention, ConvBn, LayerNorm, Linear};
+use crate::nn::{add, concat_channels, multi_head_attention, ConvBn, LayerNorm, Linear};
 use crate::weights::Weights;
 
 /// `RTDetrEncoderLayer` (post-norm unless `normalize_before`).
@@ -46,28 +46,26 @@ impl EncoderLayer {
 
     /// `x`: (B, L, D); `pos`: (1, L, D) added to queries and keys.
     fn forward(&self, x: &Tensor, pos: Option<&Tensor>) -> Result<Tensor> {
-        let residual = x.clone();
         let h = if self.normalize_before { self.attn_norm.forward(x)? } else { x.clone() };
         let qk_in = match pos {
-            Some(p) => h.broadcast_add(p)?,
+            Some(p) => add(&h, p)?,
             None => h.clone(),
         };
         let attn =
             multi_head_attention(&self.q.forward(&qk_in)?, &self.k.forward(&qk_in)?, &self.v.forward(&h)?, self.heads)?;
-        let mut h = (residual + self.o.forward(&attn)?)?;
+        let mut h = self.o.forward_with(&attn, Some(x), Activation::Identity)?;
         if !self.normalize_before {
             h = self.attn_norm.forward(&h)?;
         }
         if self.normalize_before {
             h = self.final_norm.forward(&h)?;
         }
-        let residual = h.clone();
-        let m = self.fc2.forward(&activate(&self.fc1.forward(&h)?, self.act)?)?;
-        let mut h = (residual + m)?;
-        if !self.normalize_before {
-            h = self.final_norm.forward(&h)?;
+        let m = self.fc2.forward_with(&self.fc1.forward_with(&h, None, self.act)?, Some(&h), Activation::Identity)?;
+        if self.normalize_before {
+            Ok(m)
+        } else {
+            self.final_norm.forward(&m)
         }
-        Ok(h)
     }
 }
 
@@ -96,18 +94,14 @@ pub fn sincos_position_embedding(
     Ok(Tensor::from_vec(data, (1, height * width, dim), device)?)
 }
 
-/// `RTDetrRepVggBlock`: act(conv3x3(x) + conv1x1(x)).
-struct RepVggBlock {
-    conv1: ConvBn,
-    conv2: ConvBn,
-    act: Activation,
-}
-
-/// `RTDetrCSPRepLayer`.
+/// `RTDetrCSPRepLayer`. Its `RTDetrRepVggBlock`s, act(conv3x3(x) + conv1x1(x)), are
+/// re-parameterised at load into one 3x3 convolution each (RepVGG), and conv1/conv2,
+/// which read the same input, run as one convolution.
 struct CspRepLayer {
-    conv1: ConvBn,
-    conv2: ConvBn,
-    blocks: Vec<RepVggBlock>,
+    /// conv1 and conv2 stacked: the first `hidden` output channels are conv1's.
+    conv12: ConvBn,
+    hidden: usize,
+    blocks: Vec<ConvBn>,
     conv3: Option<ConvBn>,
 }
 
@@ -145,31 +139,32 @@ impl CspRepLayer {
         let mut blocks = Vec::new();
         for i in 0..3 {
             let b = format!("{key}.bottlenecks.{i}");
-            blocks.push(RepVggBlock {
-                conv1: conv_norm(w, &format!("{b}.conv1"), hidden, hidden, 3, 1, 1, cfg, Activation::Identity)?,
-                conv2: conv_norm(w, &format!("{b}.conv2"), hidden, hidden, 1, 1, 0, cfg, Activation::Identity)?,
-                act,
-            });
+            let conv1 = conv_norm(w, &format!("{b}.conv1"), hidden, hidden, 3, 1, 1, cfg, Activation::Identity)?;
+            let conv2 = conv_norm(w, &format!("{b}.conv2"), hidden, hidden, 1, 1, 0, cfg, Activation::Identity)?;
+            blocks.push(conv1.merge_parallel(&conv2, act)?);
         }
         let conv3 = if hidden != out {
             Some(conv_norm(w, &format!("{key}.conv3"), hidden, out, 1, 1, 0, cfg, act)?)
         } else {
             None
         };
-        Ok(Self {
-            conv1: conv_norm(w, &format!("{key}.conv1"), c_in, hidden, 1, 1, 0, cfg, act)?,
-            conv2: conv_norm(w, &format!("{key}.conv2"), c_in, hidden, 1, 1, 0, cfg, act)?,
-            blocks,
-            conv3,
-        })
+        let conv1 = conv_norm(w, &format!("{key}.conv1"), c_in, hidden, 1, 1, 0, cfg, act)?;
+        let conv2 = conv_norm(w, &format!("{key}.conv2"), c_in, hidden, 1, 1, 0, cfg, act)?;
+        Ok(Self { conv12: ConvBn::concat(&[&conv1, &conv2])?, hidden, blocks, conv3 })
     }
 
+    /// conv3(blocks(conv1(x)) + conv2(x)).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h1 = self.conv1.forward(x)?;
-        for b in &self.blocks {
-            h1 = activate(&(b.conv1.forward(&h1)? + b.conv2.forward(&h1)?)?, b.act)?;
+        let both = self.conv12.forward(x)?;
+        let mut h = both.narrow(1, 0, self.hidden)?;
+        let c2 = both.narrow(1, self.hidden, self.hidden)?;
+        let n = self.blocks.len();
+        for (i, b) in self.blocks.iter().enumerate() {
+            h = if i + 1 == n { b.forward_then_add(&h, &c2)? } else { b.forward(&h)? };
         }
-        let h = (h1 + self.conv2.forward(x)?)?;
+        if n == 0 {
+            h = add(&h, &c2)?;
+        }
         match &self.conv3 {
             Some(c) => c.forward(&h),
             None => Ok(h),
@@ -266,15 +261,13 @@ impl HybridEncoder {
             let last = fpn_maps.len() - 1;
             let top = self.lateral[idx].forward(&fpn_maps[last])?;
             fpn_maps[last] = top.clone();
-            let (_, _, h, w) = top.dims4()?;
-            let up = top.upsample_nearest2d(h * 2, w * 2)?;
-            fpn_maps.push(self.fpn[idx].forward(&Tensor::cat(&[&up, lower], 1)?)?);
+            fpn_maps.push(self.fpn[idx].forward(&concat_channels(&[(&top, true), (lower, false)])?)?);
         }
         fpn_maps.reverse();
         let mut pan_maps = vec![fpn_maps[0].clone()];
         for idx in 0..n {
             let down = self.downsample[idx].forward(&pan_maps[pan_maps.len() - 1])?;
-            pan_maps.push(self.pan[idx].forward(&Tensor::cat(&[&down, &fpn_maps[idx + 1]], 1)?)?);
+            pan_maps.push(self.pan[idx].forward(&concat_channels(&[(&down, false), (&fpn_maps[idx + 1], false)])?)?);
         }
         Ok(pan_maps)
     }

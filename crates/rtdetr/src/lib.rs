@@ -7,6 +7,8 @@
 
 pub mod backbone;
 pub mod config;
+pub mod conv;
+pub mod cpu;
 pub mod decoder;
 pub mod deform_attn;
 pub mod detector;
@@ -15,6 +17,7 @@ pub mod encoder;
 pub mod error;
 pub mod flops;
 pub mod hub;
+pub mod kernels;
 pub mod model;
 pub mod nn;
 pub mod postprocess;

@@ -1,15 +1,16 @@
 //! The whole network (`RTDetrForObjectDetection` at inference): backbone → hybrid
 //! encoder → query selection → decoder.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::backbone::Backbone;
 use crate::config::Activation;
 use crate::config::RtDetrConfig;
+use crate::cpu::with_f32;
 use crate::decoder::{Decoder, DecoderLayerOutput};
 use crate::encoder::HybridEncoder;
 use crate::error::{Error, Result};
-use crate::nn::{ConvBn, LayerNorm, Linear, MlpHead};
+use crate::nn::{add, flatten_levels, ConvBn, LayerNorm, Linear, MlpHead};
 use crate::weights::Weights;
 
 /// Intermediate tensors of one forward pass, for stage-by-stage parity checks.
@@ -172,17 +173,36 @@ impl RtDetr {
         }
         let shapes: Vec<(usize, usize)> =
             sources.iter().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0))).collect();
-        let flat: Vec<Tensor> =
-            sources.iter().map(|s| Ok(s.flatten_from(2)?.transpose(1, 2)?)).collect::<Result<_>>()?;
-        let memory = Tensor::cat(&flat, 1)?.contiguous()?;
+        let memory = flatten_levels(&sources)?;
 
         // Query selection: score every memory position, keep the top num_queries.
         let (anchors, valid) = generate_anchors(&shapes, pixels.device())?;
-        let masked = memory.broadcast_mul(&valid)?;
+        // memory * valid: positions outside the valid anchors read zeros.
+        let masked = with_f32(&valid, |v| {
+            with_f32(&memory, |m| {
+                let d = memory.dim(2).unwrap_or(1).max(1);
+                let mut out = m.to_vec();
+                for (row, &ok) in out.chunks_exact_mut(d).zip(v.iter().cycle()) {
+                    if ok == 0.0 {
+                        row.fill(0.0);
+                    }
+                }
+                out
+            })
+        })??;
+        let masked = Tensor::from_vec(masked, memory.dims(), memory.device())?;
         let output_memory = self.enc_output_norm.forward(&self.enc_output.forward(&masked)?)?;
         let enc_class = self.enc_score_head.forward(&output_memory)?;
-        let enc_coord = self.enc_bbox_head.forward(&output_memory)?.broadcast_add(&anchors)?;
-        let best = enc_class.max(D::Minus1)?.to_vec2::<f32>()?;
+        let enc_coord = add(&self.enc_bbox_head.forward(&output_memory)?, &anchors)?;
+        let classes = enc_class.dim(2)?.max(1);
+        let best: Vec<Vec<f32>> = with_f32(&enc_class, |c| {
+            let per_image = c.len() / enc_class.dim(0).unwrap_or(1).max(1);
+            c.chunks(per_image.max(1))
+                .map(|img| {
+                    img.chunks_exact(classes).map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect()
+                })
+                .collect()
+        })?;
         let q = self.cfg.num_queries.min(best.first().map_or(0, |r| r.len()));
         let topk: Vec<Vec<usize>> = best.iter().map(|row| top_k_indices(row, q)).collect();
         let gather = |t: &Tensor| -> Result<Tensor> {

@@ -1,30 +1,30 @@
 //! Building blocks shared by the model stages: convolution with folded BatchNorm,
 //! linear layers, layer norm, the MLP prediction head and activations.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
+use rayon::prelude::*;
 
 use crate::config::Activation;
-use crate::error::Result;
+use crate::conv::Conv2d;
+use crate::cpu::{self, with_f32, AddAt};
+use crate::error::{Error, Result};
+use crate::kernels;
 use crate::weights::Weights;
 
 /// Applies an activation function element-wise.
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
-    Ok(match act {
-        Activation::Relu => x.relu()?,
-        Activation::Silu => candle_nn::ops::silu(x)?,
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
-        Activation::Identity => x.clone(),
-    })
+    if act == Activation::Identity {
+        return Ok(x.clone());
+    }
+    let mut v = with_f32(x, |s| s.to_vec())?;
+    cpu::act_inplace(&mut v, act);
+    Ok(Tensor::from_vec(v, x.dims(), x.device())?)
 }
 
 /// A 2-D convolution followed by inference-mode BatchNorm, folded at load time into one
-/// convolution with bias, then an optional activation.
+/// convolution with bias, then an optional activation (fused into the convolution).
 pub struct ConvBn {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    padding: usize,
+    conv: Conv2d,
     act: Activation,
 }
 
@@ -53,22 +53,62 @@ impl ConvBn {
         // scale = gamma / sqrt(var + eps); y = conv(x) * scale + (beta - mean * scale).
         let scale = gamma.broadcast_div(&(var + bn_eps)?.sqrt()?)?;
         let bias = (beta - mean.mul(&scale)?)?;
-        let weight = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?.contiguous()?;
-        Ok(Self { weight, bias: bias.reshape((1, c_out, 1, 1))?, stride, padding, act })
+        let weight = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        let conv = Conv2d::new(weight.flatten_all()?.to_vec1()?, bias.to_vec1()?, c_in, c_out, kernel, stride, padding);
+        Ok(Self { conv, act })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        let w = self.weight.dims();
-        crate::flops::add(2 * (y.elem_count() * w[1] * w[2] * w[3]) as u64);
-        activate(&y.broadcast_add(&self.bias)?, self.act)
+        self.conv.forward(x, None, self.act)
+    }
+
+    /// `act(conv(x) + residual)` in one pass; the layer's own activation must be identity.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor, act: Activation) -> Result<Tensor> {
+        if self.act == Activation::Identity {
+            self.conv.forward(x, Some((residual, AddAt::BeforeAct)), act)
+        } else {
+            activate(&add(&self.forward(x)?, residual)?, act)
+        }
+    }
+
+    /// `self(x) + residual` (the layer's activation first) in one pass.
+    pub fn forward_then_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.conv.forward(x, Some((residual, AddAt::AfterAct)), self.act)
+    }
+
+    /// Re-parameterises `act(self(x) + other(x))` (RepVGG: a k×k and a centred smaller
+    /// convolution, both without activation) into one convolution.
+    pub fn merge_parallel(mut self, other: &ConvBn, act: Activation) -> Result<Self> {
+        if self.act != Activation::Identity || other.act != Activation::Identity {
+            return Err(Error::Config("only convolutions without activation can be merged".into()));
+        }
+        self.conv.add_centered(&other.conv)?;
+        self.act = act;
+        Ok(self)
+    }
+
+    /// Stacks the output channels of convolutions that read the same input.
+    pub fn concat(parts: &[&ConvBn]) -> Result<Self> {
+        let act = parts[0].act;
+        if parts.iter().any(|p| p.act != act) {
+            return Err(Error::Config("concatenated convolutions need the same activation".into()));
+        }
+        let convs: Vec<&Conv2d> = parts.iter().map(|p| &p.conv).collect();
+        Ok(Self { conv: Conv2d::concat(&convs)?, act })
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.conv.c_out()
     }
 }
 
-/// `nn.Linear` with the weight stored transposed for a plain row-major GEMM.
+/// `nn.Linear`, run by [`kernels::linear`] with an optional fused residual add and
+/// activation.
 pub struct Linear {
-    weight_t: Tensor,
-    bias: Tensor,
+    /// (out, in), PyTorch's layout.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    in_features: usize,
     out_features: usize,
 }
 
@@ -76,41 +116,98 @@ impl Linear {
     pub fn load(w: &Weights, key: &str, in_features: usize, out_features: usize) -> Result<Self> {
         let weight = w.get(&format!("{key}.weight"), &[out_features, in_features])?;
         let bias = w.get(&format!("{key}.bias"), &[out_features])?;
-        Ok(Self { weight_t: weight.t()?.contiguous()?, bias, out_features })
+        Ok(Self::new(weight.flatten_all()?.to_vec1()?, bias.to_vec1()?, in_features, out_features))
+    }
+
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, in_features: usize, out_features: usize) -> Self {
+        assert_eq!(weight.len(), in_features * out_features, "linear weight shape");
+        assert_eq!(bias.len(), out_features, "linear bias shape");
+        Self { weight, bias, in_features, out_features }
+    }
+
+    /// Stacks the outputs of several layers that read the same input into one layer.
+    pub fn concat(layers: &[&Linear]) -> Self {
+        let in_features = layers[0].in_features;
+        assert!(layers.iter().all(|l| l.in_features == in_features), "concatenated layers share their input");
+        Self {
+            weight: layers.iter().flat_map(|l| l.weight.iter().copied()).collect(),
+            bias: layers.iter().flat_map(|l| l.bias.iter().copied()).collect(),
+            in_features,
+            out_features: layers.iter().map(|l| l.out_features).sum(),
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
     }
 
     /// `x`: (..., in) → (..., out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None, Activation::Identity)
+    }
+
+    /// `act(x·Wᵀ + b + residual)`; `residual` has the output's shape.
+    pub fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let in_f = dims[dims.len() - 1];
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, in_f))?.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
-        crate::flops::add(2 * (rows * in_f * self.out_features) as u64);
+        let in_f = *dims.last().unwrap_or(&0);
+        if in_f != self.in_features {
+            return Err(Error::InvalidArgument(format!("linear expects {} features, got {in_f}", self.in_features)));
+        }
+        let rows = x.elem_count() / in_f.max(1);
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.out_features;
-        Ok(y.reshape(out_dims)?)
+        let out = with_f32(x, |xs| match residual {
+            Some(r) => with_f32(r, |rs| {
+                if rs.len() != rows * self.out_features {
+                    return Err(Error::InvalidArgument("linear residual shape".into()));
+                }
+                Ok(self.run(xs, rows, Some(rs), act))
+            })?,
+            None => Ok(self.run(xs, rows, None, act)),
+        })??;
+        Ok(Tensor::from_vec(out, out_dims, x.device())?)
+    }
+
+    /// The layer on a raw (rows, in) buffer.
+    pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, act: Activation) -> Vec<f32> {
+        crate::flops::add(2 * (rows * self.in_features * self.out_features) as u64);
+        kernels::linear(x, rows, &self.weight, &self.bias, self.out_features, residual, act)
     }
 }
 
 /// `nn.LayerNorm` over the last dimension.
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
 }
 
 impl LayerNorm {
     pub fn load(w: &Weights, key: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.get(&format!("{key}.weight"), &[dim])?, bias: w.get(&format!("{key}.bias"), &[dim])?, eps })
+        Ok(Self {
+            weight: w.get(&format!("{key}.weight"), &[dim])?.to_vec1()?,
+            bias: w.get(&format!("{key}.bias"), &[dim])?.to_vec1()?,
+            eps: eps as f32,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        let y = with_f32(x, |xs| self.run(xs, None))?;
+        Ok(Tensor::from_vec(y, x.dims(), x.device())?)
+    }
+
+    /// `LayerNorm(x + residual)`.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if x.dims() != residual.dims() {
+            return Err(Error::InvalidArgument(format!("{:?} + {:?}", x.dims(), residual.dims())));
+        }
+        let y = with_f32(x, |xs| with_f32(residual, |rs| self.run(xs, Some(rs))))??;
+        Ok(Tensor::from_vec(y, x.dims(), x.device())?)
+    }
+
+    pub fn run(&self, x: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
+        kernels::layer_norm(x, residual, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -134,63 +231,163 @@ impl MlpHead {
         let mut x = x.clone();
         let n = self.layers.len();
         for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(&x)?;
-            if i + 1 < n {
-                x = x.relu()?;
-            }
+            let act = if i + 1 < n { Activation::Relu } else { Activation::Identity };
+            x = l.forward_with(&x, None, act)?;
         }
         Ok(x)
     }
+}
+
+/// `a + b` where `b`'s shape is a suffix of `a`'s (broadcast over the leading dims).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (ad, bd) = (a.dims(), b.dims());
+    let bd = &bd[bd.iter().take_while(|&&d| d == 1).count().min(bd.len())..];
+    if bd.len() > ad.len() || ad[ad.len() - bd.len()..] != *bd {
+        return Err(Error::InvalidArgument(format!("cannot add {:?} to {:?}", b.dims(), a.dims())));
+    }
+    let out = with_f32(a, |xs| {
+        with_f32(b, |ys| {
+            let mut out = xs.to_vec();
+            if !ys.is_empty() {
+                out.chunks_exact_mut(ys.len()).for_each(|o| o.iter_mut().zip(ys).for_each(|(o, y)| *o += y));
+            }
+            out
+        })
+    })??;
+    Ok(Tensor::from_vec(out, ad, a.device())?)
+}
+
+/// Concatenates NCHW maps along channels; a part with `upsample` true is first enlarged
+/// 2x by nearest neighbour (`F.interpolate(scale_factor=2, mode="nearest")`). All parts
+/// must then have the same batch and spatial size.
+pub fn concat_channels(parts: &[(&Tensor, bool)]) -> Result<Tensor> {
+    let first = parts.first().ok_or_else(|| Error::InvalidArgument("nothing to concatenate".into()))?;
+    let (b, _, h0, w0) = first.0.dims4()?;
+    let (h, w) = if first.1 { (2 * h0, 2 * w0) } else { (h0, w0) };
+    let mut channels = 0;
+    for (t, up) in parts {
+        let (pb, c, ph, pw) = t.dims4()?;
+        let (ph, pw) = if *up { (2 * ph, 2 * pw) } else { (ph, pw) };
+        if (pb, ph, pw) != (b, h, w) {
+            return Err(Error::InvalidArgument(format!("cannot concatenate {:?} with {:?}", t.dims(), first.0.dims())));
+        }
+        channels += c;
+    }
+    let hw = h * w;
+    let mut out = vec![0f32; b * channels * hw];
+    let mut c0 = 0;
+    for (t, up) in parts {
+        let c = t.dim(1)?;
+        with_f32(t, |src| {
+            let plane_in = if *up { hw / 4 } else { hw };
+            // One task per (image, channel) plane.
+            let planes: Vec<(usize, &mut [f32])> = out
+                .chunks_exact_mut(hw)
+                .enumerate()
+                .filter(|(i, _)| (c0..c0 + c).contains(&(i % channels)))
+                .map(|(i, p)| ((i / channels) * c + i % channels - c0, p))
+                .collect();
+            planes.into_par_iter().for_each(|(i, dst)| {
+                let s = &src[i * plane_in..(i + 1) * plane_in];
+                if *up {
+                    let wi = w / 2;
+                    for (y, row) in dst.chunks_exact_mut(w).enumerate() {
+                        let srow = &s[(y / 2) * wi..(y / 2 + 1) * wi];
+                        for (x, v) in row.iter_mut().enumerate() {
+                            *v = srow[x / 2];
+                        }
+                    }
+                } else {
+                    dst.copy_from_slice(s);
+                }
+            });
+        })?;
+        c0 += c;
+    }
+    Ok(Tensor::from_vec(out, (b, channels, h, w), first.0.device())?)
+}
+
+/// Flattens NCHW maps with the same batch and channels into one (B, Σ H·W, C) sequence,
+/// levels in order (`flatten(2).transpose(1, 2)` then `cat` along the sequence).
+pub fn flatten_levels(maps: &[Tensor]) -> Result<Tensor> {
+    let first = maps.first().ok_or_else(|| Error::InvalidArgument("no maps to flatten".into()))?;
+    let (b, c, _, _) = first.dims4()?;
+    let mut starts = Vec::with_capacity(maps.len());
+    let mut seq = 0;
+    for m in maps {
+        let (mb, mc, h, w) = m.dims4()?;
+        if (mb, mc) != (b, c) {
+            return Err(Error::InvalidArgument(format!("cannot flatten {:?} with {:?}", m.dims(), first.dims())));
+        }
+        starts.push(seq);
+        seq += h * w;
+    }
+    const BLOCK: usize = 64;
+    let mut out = vec![0f32; b * seq * c];
+    let dst = cpu::SendPtr(out.as_mut_ptr());
+    for (m, &s0) in maps.iter().zip(&starts) {
+        let hw = m.dim(2)? * m.dim(3)?;
+        with_f32(m, |src| {
+            // One task per (image, block of positions): read channel rows, write tokens.
+            (0..b * hw.div_ceil(BLOCK)).into_par_iter().for_each(|t| {
+                let (img, p0) = (t / hw.div_ceil(BLOCK), (t % hw.div_ceil(BLOCK)) * BLOCK);
+                let n = BLOCK.min(hw - p0);
+                // SAFETY: tokens p0..p0+n of this level and image belong to this task only.
+                let tokens = unsafe { dst.slice((img * seq + s0 + p0) * c, n * c) };
+                for ch in 0..c {
+                    let row = &src[(img * c + ch) * hw + p0..(img * c + ch) * hw + p0 + n];
+                    for (j, v) in row.iter().enumerate() {
+                        tokens[j * c + ch] = *v;
+                    }
+                }
+            });
+        })?;
+    }
+    Ok(Tensor::from_vec(out, (b, seq, c), first.device())?)
 }
 
 /// Multi-head scaled dot-product attention: q, k, v are (B, L, H*hd); returns (B, Lq, H*hd).
 pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, lq, dim) = q.dims3()?;
     let lk = k.dim(1)?;
-    let hd = dim / heads;
-    let split =
-        |t: &Tensor, l: usize| -> Result<Tensor> { Ok(t.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()?) };
-    let (q, k, v) = (split(q, lq)?, split(k, lk)?, split(v, lk)?);
-    let scale = (hd as f64).powf(-0.5);
-    crate::flops::add(4 * (b * heads * lq * lk * hd) as u64);
-    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let out = probs.matmul(&v)?;
-    Ok(out.transpose(1, 2)?.reshape((b, lq, dim))?)
+    if k.dims() != [b, lk, dim] || v.dims() != [b, lk, dim] || heads == 0 || dim % heads != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "attention shapes q {:?} k {:?} v {:?} heads {heads}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    crate::flops::add(4 * (b * lq * lk * dim) as u64);
+    let out = with_f32(q, |qs| with_f32(k, |ks| with_f32(v, |vs| kernels::attention(qs, ks, vs, b, heads, dim))))???;
+    Ok(Tensor::from_vec(out, (b, lq, dim), q.device())?)
 }
 
 /// `MaxPool2d(kernel=3, stride=2, padding=1)` on NCHW.
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
-    let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; b * c * oh * ow];
-    use rayon::prelude::*;
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
-        let s = &src[plane * h * w..(plane + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut m = f32::NEG_INFINITY;
-                for ky in 0..3 {
-                    let iy = (oy * 2 + ky) as isize - 1;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..3 {
-                        let ix = (ox * 2 + kx) as isize - 1;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let v = s[iy as usize * w + ix as usize];
-                        if v > m || v.is_nan() {
-                            m = v;
+    let out = with_f32(x, |src| {
+        let mut out = vec![0f32; b * c * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+            let s = &src[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut m = f32::NEG_INFINITY;
+                    for iy in (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(h) {
+                        for ix in (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(w) {
+                            let v = s[iy * w + ix];
+                            if v > m || v.is_nan() {
+                                m = v;
+                            }
                         }
                     }
+                    dst[oy * ow + ox] = m;
                 }
-                dst[oy * ow + ox] = m;
             }
-        }
-    });
+        });
+        out
+    })?;
     Ok(Tensor::from_vec(out, (b, c, oh, ow), x.device())?)
 }
 
@@ -198,26 +395,25 @@ pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
 /// only the elements inside the input, as PyTorch does without padding.
 pub fn avg_pool_2x2_ceil(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    if h % 2 == 0 && w % 2 == 0 {
-        return Ok(x.avg_pool2d(2)?);
-    }
     let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
-    let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; b * c * oh * ow];
-    for plane in 0..b * c {
-        let s = &src[plane * h * w..(plane + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (mut sum, mut n) = (0f32, 0f32);
-                for iy in oy * 2..(oy * 2 + 2).min(h) {
-                    for ix in ox * 2..(ox * 2 + 2).min(w) {
-                        sum += s[iy * w + ix];
-                        n += 1.0;
+    let out = with_f32(x, |src| {
+        let mut out = vec![0f32; b * c * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+            let s = &src[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (mut sum, mut n) = (0f32, 0f32);
+                    for iy in oy * 2..(oy * 2 + 2).min(h) {
+                        for ix in ox * 2..(ox * 2 + 2).min(w) {
+                            sum += s[iy * w + ix];
+                            n += 1.0;
+                        }
                     }
+                    dst[oy * ow + ox] = sum / n;
                 }
-                out[plane * oh * ow + oy * ow + ox] = sum / n;
             }
-        }
-    }
+        });
+        out
+    })?;
     Ok(Tensor::from_vec(out, (b, c, oh, ow), x.device())?)
 }

@@ -1,0 +1,684 @@
+//! 2-D convolution on NCHW f32 buffers as GEMM, with bias, residual add and activation
+//! fused into an epilogue that runs on each output tile while it is still in cache.
+//!
+//! The output positions of each image are cut into column tiles (and, for small maps, the
+//! output channels into blocks); every tile is one task for rayon:
+//! - 1x1 stride-1 convolutions read the input in place: out[Cout, T] = W[Cout, Cin] ·
+//!   X[Cin, T] (no copy at all);
+//! - every other convolution (3x3, strided, padded) first gathers its tile's receptive
+//!   fields into a per-thread reusable im2col buffer [Cin·k·k, T], then multiplies.
+//!
+//! The products run on the `gemm` crate (AVX-512 / AVX2 chosen at run time) single-threaded
+//! per task, so that both cores work on independent tiles and the epilogue stays local.
+
+use std::cell::RefCell;
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use crate::config::Activation;
+use crate::cpu::{self, AddAt, SendPtr};
+use crate::error::{Error, Result};
+
+/// A convolution with bias (BatchNorm already folded in) and a fused activation.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    /// (c_out, c_in·k·k), row-major: the PyTorch weight layout flattened.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    /// Multiply-adds per output position of the layers this one computes (more than its
+    /// own c_out·c_in·k² after [`Conv2d::add_centered`]): the model's nominal cost.
+    nominal_macs: usize,
+}
+
+/// Geometry of one call.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    h: usize,
+    w: usize,
+    ow: usize,
+}
+
+thread_local! {
+    /// Per-thread im2col tile, grown on demand and reused across calls.
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Conv2d {
+    /// `weight`: (c_out, c_in, k, k) flattened; `bias`: (c_out).
+    pub fn new(
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * kernel * kernel, "conv weight shape");
+        assert_eq!(bias.len(), c_out, "conv bias shape");
+        assert!(kernel >= 1 && stride >= 1, "kernel and stride must be positive");
+        Self { weight, bias, c_in, c_out, kernel, stride, padding, nominal_macs: c_out * c_in * kernel * kernel }
+    }
+
+    pub fn c_in(&self) -> usize {
+        self.c_in
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    /// Adds a smaller centred kernel with the same stride (and its bias) into this one:
+    /// `self(x) + other(x)` becomes one convolution, exactly in real arithmetic.
+    pub fn add_centered(&mut self, other: &Conv2d) -> Result<()> {
+        let (k, ko) = (self.kernel, other.kernel);
+        let centred = ko <= k
+            && (k - ko) % 2 == 0
+            && other.stride == self.stride
+            && self.padding >= (k - ko) / 2
+            && other.padding == self.padding - (k - ko) / 2;
+        if !centred || other.c_in != self.c_in || other.c_out != self.c_out {
+            return Err(Error::Config("convolutions cannot be merged: geometry differs".into()));
+        }
+        let off = (k - ko) / 2;
+        for co in 0..self.c_out {
+            for ci in 0..self.c_in {
+                for y in 0..ko {
+                    for x in 0..ko {
+                        let dst = ((co * self.c_in + ci) * k + y + off) * k + x + off;
+                        self.weight[dst] += other.weight[((co * self.c_in + ci) * ko + y) * ko + x];
+                    }
+                }
+            }
+            self.bias[co] += other.bias[co];
+        }
+        self.nominal_macs += other.nominal_macs;
+        Ok(())
+    }
+
+    /// One convolution computing the output channels of `parts` (same input and geometry)
+    /// one after the other.
+    pub fn concat(parts: &[&Conv2d]) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| Error::Config("nothing to concatenate".into()))?;
+        if parts
+            .iter()
+            .any(|p| (p.c_in, p.kernel, p.stride, p.padding) != (first.c_in, first.kernel, first.stride, first.padding))
+        {
+            return Err(Error::Config("concatenated convolutions need the same geometry".into()));
+        }
+        Ok(Self {
+            weight: parts.iter().flat_map(|p| p.weight.iter().copied()).collect(),
+            bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
+            c_out: parts.iter().map(|p| p.c_out).sum(),
+            nominal_macs: parts.iter().map(|p| p.nominal_macs).sum(),
+            ..(*first).clone()
+        })
+    }
+
+    /// Output spatial size for an `h`x`w` input.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let o = |n: usize| (n + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1;
+        (o(h), o(w))
+    }
+
+    /// The model's floating-point operations (multiply-adds ×2) for one `h`x`w` image.
+    pub fn flops(&self, h: usize, w: usize) -> u64 {
+        let (oh, ow) = self.out_size(h, w);
+        2 * (oh * ow * self.nominal_macs) as u64
+    }
+
+    /// `act(conv(x) + bias + residual)` (or `act(conv(x) + bias) + residual`, see
+    /// [`AddAt`]) on a (B, c_in, H, W) tensor; `residual` has the output's shape.
+    pub fn forward(&self, x: &Tensor, residual: Option<(&Tensor, AddAt)>, act: Activation) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        if c != self.c_in {
+            return Err(Error::InvalidArgument(format!("conv expects {} input channels, got {c}", self.c_in)));
+        }
+        let (oh, ow) = self.out_size(h, w);
+        if h + 2 * self.padding < self.kernel || w + 2 * self.padding < self.kernel {
+            return Err(Error::InvalidArgument(format!("conv input {h}x{w} is smaller than its kernel")));
+        }
+        let out_shape = (b, self.c_out, oh, ow);
+        if let Some((r, _)) = residual {
+            if r.dims() != [b, self.c_out, oh, ow] {
+                return Err(Error::InvalidArgument(format!("residual {:?} != conv output {out_shape:?}", r.dims())));
+            }
+        }
+        let out = cpu::with_f32(x, |xs| match residual {
+            Some((r, at)) => cpu::with_f32(r, |rs| self.run(xs, b, h, w, Some((rs, at)), act)),
+            None => Ok(self.run(xs, b, h, w, None, act)),
+        })??;
+        crate::flops::add(b as u64 * self.flops(h, w));
+        cpu::tensor(out, out_shape, x.device())
+    }
+
+    /// The kernel on raw buffers: `x` is (b, c_in, h, w), `residual` (b, c_out, oh, ow).
+    pub fn run(
+        &self,
+        x: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+        residual: Option<(&[f32], AddAt)>,
+        act: Activation,
+    ) -> Vec<f32> {
+        let (oh, ow) = self.out_size(h, w);
+        let g = Geom { h, w, ow };
+        let hw = oh * ow;
+        assert_eq!(x.len(), b * self.c_in * h * w, "conv input length");
+        if let Some((r, _)) = residual {
+            assert_eq!(r.len(), b * self.c_out * hw, "conv residual length");
+        }
+        let kdim = self.c_in * self.kernel * self.kernel;
+        let direct = self.kernel == 1 && self.stride == 1 && self.padding == 0;
+        let (tile, cblock) = plan(hw, kdim, self.c_out, b);
+        let n_tiles = hw.div_ceil(tile);
+        let n_cblocks = self.c_out.div_ceil(cblock);
+        let tasks = b * n_tiles * n_cblocks;
+        let len = b * self.c_out * hw;
+        // SAFETY: the tasks cover every (image, channel, position) exactly once: each
+        // writes its block of output rows × tile columns, through gemm then the epilogue.
+        unsafe {
+            cpu::filled_by(len, |dst| {
+                (0..tasks).into_par_iter().for_each(|t| {
+                    let img = t / (n_tiles * n_cblocks);
+                    let tile_idx = (t / n_cblocks) % n_tiles;
+                    let cb = t % n_cblocks;
+                    let p0 = tile_idx * tile;
+                    let cols = tile.min(hw - p0);
+                    let c0 = cb * cblock;
+                    let rows = cblock.min(self.c_out - c0);
+                    let xi = &x[img * self.c_in * h * w..(img + 1) * self.c_in * h * w];
+                    let out_base = img * self.c_out * hw;
+                    if direct {
+                        self.gemm_tile(xi.as_ptr().add(p0), hw, dst, out_base, hw, p0, cols, c0, rows);
+                    } else {
+                        COLS.with_borrow_mut(|buf| {
+                            if buf.len() < kdim * cols {
+                                buf.resize(kdim * cols, 0.0);
+                            }
+                            self.im2col(xi, g, p0, cols, &mut buf[..kdim * cols]);
+                            self.gemm_tile(buf.as_ptr(), cols, dst, out_base, hw, p0, cols, c0, rows);
+                        });
+                    }
+                    for co in c0..c0 + rows {
+                        let off = out_base + co * hw + p0;
+                        let row = dst.slice(off, cols);
+                        let (res, at) = match residual {
+                            Some((r, at)) => (Some(&r[off..off + cols]), at),
+                            None => (None, AddAt::BeforeAct),
+                        };
+                        cpu::bias_act(row, self.bias[co], res, at, act);
+                    }
+                });
+            })
+        }
+    }
+
+    /// dst[co, p0 + j] = Σ_k W[co, k] · lhs[k·lhs_stride + j] for co in c0..c0+rows,
+    /// j < cols.
+    ///
+    /// # Safety
+    /// `lhs` points at kdim rows of `cols` readable elements `lhs_stride` apart; the
+    /// destination block is inside `dst` and owned by this task.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_tile(
+        &self,
+        lhs: *const f32,
+        lhs_stride: usize,
+        dst: SendPtr,
+        out_base: usize,
+        hw: usize,
+        p0: usize,
+        cols: usize,
+        c0: usize,
+        rows: usize,
+    ) {
+        let kdim = self.c_in * self.kernel * self.kernel;
+        // gemm is column-major: m = positions (unit stride), n = output channels.
+        unsafe {
+            gemm::gemm(
+                cols,
+                rows,
+                kdim,
+                dst.0.add(out_base + c0 * hw + p0),
+                hw as isize,
+                1,
+                false,
+                lhs,
+                lhs_stride as isize,
+                1,
+                self.weight.as_ptr().add(c0 * kdim),
+                kdim as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    /// Gathers the receptive fields of output positions p0..p0+cols of one image into
+    /// `buf` laid out as [c_in·k·k][cols] (zeros for padding).
+    fn im2col(&self, x: &[f32], g: Geom, p0: usize, cols: usize, buf: &mut [f32]) {
+        let (k, s, pad) = (self.kernel, self.stride, self.padding as isize);
+        for ci in 0..self.c_in {
+            let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut buf[((ci * k + ky) * k + kx) * cols..][..cols];
+                    // Output columns ox whose input column ox·s + kx − pad is inside.
+                    let lo = ((pad - kx as isize).max(0) as usize).div_ceil(s).min(g.ow);
+                    let hi = ((g.w as isize + pad - kx as isize).max(0) as usize).div_ceil(s).clamp(lo, g.ow);
+                    let mut t = 0;
+                    while t < cols {
+                        let p = p0 + t;
+                        let (oy, ox0) = (p / g.ow, p % g.ow);
+                        let n = (g.ow - ox0).min(cols - t);
+                        let seg = &mut row[t..t + n];
+                        let iy = (oy * s + ky) as isize - pad;
+                        if iy < 0 || iy >= g.h as isize {
+                            seg.fill(0.0);
+                        } else {
+                            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                            let (a, bnd) = (lo.clamp(ox0, ox0 + n), hi.clamp(ox0, ox0 + n));
+                            seg[..a - ox0].fill(0.0);
+                            seg[bnd - ox0..].fill(0.0);
+                            let inner = &mut seg[a - ox0..bnd - ox0];
+                            if !inner.is_empty() {
+                                // Inside the map by the choice of lo and hi.
+                                let f = a * s + kx - self.padding;
+                                if s == 1 {
+                                    inner.copy_from_slice(&src[f..f + inner.len()]);
+                                } else {
+                                    for (j, v) in inner.iter_mut().enumerate() {
+                                        *v = src[f + j * s];
+                                    }
+                                }
+                            }
+                        }
+                        t += n;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tile width (output positions) and output-channel block of each task, chosen so that a
+/// tile's im2col panel stays in the L2/L3 caches and there are enough tasks to balance
+/// two threads.
+fn plan(hw: usize, kdim: usize, c_out: usize, batch: usize) -> (usize, usize) {
+    // About 1 MiB of im2col panel per task, in multiples of 64 positions.
+    let tile = ((256 * 1024 / kdim.max(1)) / 64 * 64).clamp(64, 1024);
+    let tile = if hw <= tile { hw } else { hw.div_ceil(hw.div_ceil(tile)).next_multiple_of(16).min(hw) };
+    let tasks = batch * hw.div_ceil(tile);
+    // Small maps: split the output channels too so both threads get work.
+    let mut cblock = c_out;
+    while tasks * c_out.div_ceil(cblock) < 8 && cblock >= 64 {
+        cblock = (cblock / 2).next_multiple_of(8);
+    }
+    (tile, cblock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    /// Reference: candle's conv2d, bias, residual, activation.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &Tensor,
+        w: &[f32],
+        bias: &[f32],
+        shape: (usize, usize, usize),
+        stride: usize,
+        padding: usize,
+        residual: Option<(&Tensor, AddAt)>,
+        act: Activation,
+    ) -> Tensor {
+        let (c_out, c_in, k) = shape;
+        let wt = Tensor::from_vec(w.to_vec(), (c_out, c_in, k, k), &Device::Cpu).unwrap();
+        let bt = Tensor::from_vec(bias.to_vec(), (1, c_out, 1, 1), &Device::Cpu).unwrap();
+        let mut y = x.conv2d(&wt, padding, stride, 1, 1).unwrap().broadcast_add(&bt).unwrap();
+        if let Some((r, AddAt::BeforeAct)) = residual {
+            y = (y + r).unwrap();
+        }
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let y = Tensor::from_vec(v.into_iter().map(|v| cpu::act(v, act)).collect::<Vec<_>>(), y.dims(), &Device::Cpu)
+            .unwrap();
+        match residual {
+            Some((r, AddAt::AfterAct)) => (y + r).unwrap(),
+            _ => y,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        seed: u64,
+        b: usize,
+        c_in: usize,
+        c_out: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) {
+        let mut rng = Rng(seed);
+        let x = Tensor::from_vec(rng.vec(b * c_in * h * w), (b, c_in, h, w), &Device::Cpu).unwrap();
+        let wv = rng.vec(c_out * c_in * k * k);
+        let bv = rng.vec(c_out);
+        let conv = Conv2d::new(wv.clone(), bv.clone(), c_in, c_out, k, stride, padding);
+        let (oh, ow) = conv.out_size(h, w);
+        let res = Tensor::from_vec(rng.vec(b * c_out * oh * ow), (b, c_out, oh, ow), &Device::Cpu).unwrap();
+        for (residual, act) in [
+            (None, Activation::Identity),
+            (Some((&res, AddAt::BeforeAct)), Activation::Relu),
+            (Some((&res, AddAt::AfterAct)), Activation::Silu),
+            (None, Activation::Gelu),
+            (Some((&res, AddAt::BeforeAct)), Activation::GeluTanh),
+        ] {
+            let got = conv.forward(&x, residual, act).unwrap();
+            let want = reference(&x, &wv, &bv, (c_out, c_in, k), stride, padding, residual, act);
+            assert_eq!(got.dims(), want.dims());
+            let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            let tol = 1e-5 * (c_in * k * k) as f32;
+            assert!(d <= tol, "b{b} {c_in}->{c_out} {h}x{w} k{k} s{stride} p{padding} {act:?}: diff {d:e}");
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_candle() {
+        check(1, 1, 5, 7, 9, 11, 1, 1, 0);
+        check(2, 2, 64, 33, 20, 20, 1, 1, 0);
+        check(3, 1, 17, 130, 1, 1, 1, 1, 0);
+        check(4, 3, 3, 1, 31, 7, 1, 1, 0);
+        // Many tiles.
+        check(5, 1, 9, 19, 97, 89, 1, 1, 0);
+    }
+
+    #[test]
+    fn strided_pointwise_matches_candle() {
+        check(6, 2, 16, 24, 10, 14, 1, 2, 0);
+        check(7, 1, 5, 3, 9, 7, 1, 2, 0);
+    }
+
+    #[test]
+    fn three_by_three_matches_candle() {
+        check(8, 1, 3, 8, 33, 29, 3, 2, 1);
+        check(9, 2, 13, 21, 17, 19, 3, 1, 1);
+        check(10, 1, 40, 70, 1, 1, 3, 1, 1);
+        check(11, 1, 6, 6, 2, 3, 3, 2, 1);
+        check(12, 1, 4, 5, 80, 70, 3, 1, 1);
+        // No padding, and a 5x5 kernel with stride 3.
+        check(13, 1, 7, 9, 12, 10, 3, 1, 0);
+        check(14, 2, 3, 4, 16, 13, 5, 3, 2);
+    }
+
+    fn conv_tensor(conv: &Conv2d, x: &Tensor) -> Tensor {
+        conv.forward(x, None, Activation::Identity).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn merged_repvgg_equals_sum_of_branches() {
+        let mut rng = Rng(21);
+        for (c, h, w, s) in [(8, 9, 7, 1), (5, 6, 6, 2), (3, 1, 1, 1)] {
+            let x = Tensor::from_vec(rng.vec(2 * c * h * w), (2, c, h, w), &Device::Cpu).unwrap();
+            let k3 = Conv2d::new(rng.vec(c * c * 9), rng.vec(c), c, c, 3, s, 1);
+            let k1 = Conv2d::new(rng.vec(c * c), rng.vec(c), c, c, 1, s, 0);
+            let want = (conv_tensor(&k3, &x) + conv_tensor(&k1, &x)).unwrap();
+            let mut merged = k3.clone();
+            merged.add_centered(&k1).unwrap();
+            assert!(max_diff(&conv_tensor(&merged, &x), &want) < 1e-5);
+        }
+        // Mismatched geometry is refused.
+        let mut k3 = Conv2d::new(vec![0.0; 9], vec![0.0], 1, 1, 3, 1, 1);
+        assert!(k3.add_centered(&Conv2d::new(vec![0.0], vec![0.0], 1, 1, 1, 2, 0)).is_err());
+        assert!(k3.add_centered(&Conv2d::new(vec![0.0; 2], vec![0.0; 2], 1, 2, 1, 1, 0)).is_err());
+    }
+
+    #[test]
+    fn concatenated_convs_stack_outputs() {
+        let mut rng = Rng(22);
+        let x = Tensor::from_vec(rng.vec(3 * 6 * 5 * 4), (3, 6, 5, 4), &Device::Cpu).unwrap();
+        let a = Conv2d::new(rng.vec(7 * 6 * 9), rng.vec(7), 6, 7, 3, 1, 1);
+        let b = Conv2d::new(rng.vec(2 * 6 * 9), rng.vec(2), 6, 2, 3, 1, 1);
+        let both = Conv2d::concat(&[&a, &b]).unwrap();
+        let want = Tensor::cat(&[&conv_tensor(&a, &x), &conv_tensor(&b, &x)], 1).unwrap();
+        assert!(max_diff(&conv_tensor(&both, &x), &want) < 1e-6);
+        let c = Conv2d::new(rng.vec(6), rng.vec(1), 6, 1, 1, 1, 0);
+        assert!(Conv2d::concat(&[&a, &c]).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let conv = Conv2d::new(vec![0.0; 2 * 3 * 9], vec![0.0; 2], 3, 2, 3, 1, 0);
+        let x = Tensor::zeros((1, 4, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(conv.forward(&x, None, Activation::Identity).is_err());
+        let x = Tensor::zeros((1, 3, 2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(conv.forward(&x, None, Activation::Identity).is_err());
+        let x = Tensor::zeros((1, 3, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let r = Tensor::zeros((1, 2, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(conv.forward(&x, Some((&r, AddAt::BeforeAct)), Activation::Identity).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bench_tmp {
+    use super::*;
+
+    #[repr(C)]
+    struct Timespec {
+        s: i64,
+        ns: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+    }
+    /// Process CPU seconds (with RAYON_NUM_THREADS=1: the kernel's own time, whatever
+    /// else runs on the machine) or wall seconds.
+    fn now() -> f64 {
+        let clk = if std::env::var("BENCH_WALL").is_ok() { 1 } else { 2 };
+        let mut t = Timespec { s: 0, ns: 0 };
+        unsafe { clock_gettime(clk, &mut t) };
+        t.s as f64 + t.ns as f64 * 1e-9
+    }
+
+    fn time<F: FnMut()>(mut f: F) -> f64 {
+        f();
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let t = now();
+            f();
+            v.push(now() - t);
+        }
+        v.sort_by(f64::total_cmp);
+        v[2]
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_shapes() {
+        // (c_in, c_out, h, k, stride)
+        let shapes = [
+            (3, 32, 640, 3, 2),
+            (32, 32, 320, 3, 1),
+            (32, 64, 320, 3, 1),
+            (64, 64, 160, 1, 1),
+            (64, 64, 160, 3, 1),
+            (64, 256, 160, 1, 1),
+            (256, 64, 160, 1, 1),
+            (256, 128, 160, 1, 1),
+            (128, 128, 160, 3, 2),
+            (128, 512, 80, 1, 1),
+            (512, 128, 80, 1, 1),
+            (128, 128, 80, 3, 1),
+            (256, 256, 40, 3, 1),
+            (1024, 256, 40, 1, 1),
+            (256, 1024, 40, 1, 1),
+            (512, 512, 20, 3, 1),
+            (2048, 512, 20, 1, 1),
+            (512, 2048, 20, 1, 1),
+            (256, 256, 80, 3, 1),
+            (512, 256, 80, 1, 1),
+            (256, 256, 80, 3, 2),
+        ];
+        let mut rng = 1u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let (mut tot_f, mut tot_t) = (0.0, 0.0);
+        for (ci, co, h, k, s) in shapes {
+            let x: Vec<f32> = (0..ci * h * h).map(|_| next()).collect();
+            let w: Vec<f32> = (0..co * ci * k * k).map(|_| next()).collect();
+            let conv = Conv2d::new(w, vec![0.1; co], ci, co, k, s, k / 2);
+            let t = time(|| {
+                std::hint::black_box(conv.run(&x, 1, h, h, None, Activation::Relu));
+            });
+            let f = conv.flops(h, h) as f64;
+            tot_f += f;
+            tot_t += t;
+            println!("{ci:>5}->{co:<5} {h:>4} k{k} s{s}: {:>7.2} ms {:>6.1} GFLOP/s", t * 1e3, f / t / 1e9);
+        }
+        println!("total {:.1} ms, {:.1} GFLOP/s", tot_t * 1e3, tot_f / tot_t / 1e9);
+        // Peak reference: one large square product, gemm's own threading.
+        let n = 1024;
+        let a: Vec<f32> = (0..n * n).map(|_| next()).collect();
+        let mut c = vec![0f32; n * n];
+        let t = time(|| unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+                false,
+                a.as_ptr(),
+                n as isize,
+                1,
+                a.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            )
+        });
+        println!("gemm {n}^3: {:.1} GFLOP/s", 2.0 * (n * n * n) as f64 / t / 1e9);
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_linear() {
+        let mut rng = 1u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for (rows, k, n) in [
+            (8400, 256, 256),
+            (8400, 256, 80),
+            (300, 256, 256),
+            (300, 256, 1024),
+            (300, 1024, 256),
+            (400, 256, 1024),
+            (300, 256, 192),
+        ] {
+            let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+            let b = vec![0.1f32; n];
+            let t = time(|| {
+                std::hint::black_box(crate::kernels::linear(&x, rows, &w, &b, n, None, Activation::Identity));
+            });
+            let xt = Tensor::from_vec(x.clone(), (rows, k), &candle_core::Device::Cpu).unwrap();
+            let wt = Tensor::from_vec(w.clone(), (n, k), &candle_core::Device::Cpu)
+                .unwrap()
+                .t()
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let tc = time(|| {
+                std::hint::black_box(xt.matmul(&wt).unwrap());
+            });
+            let f = 2.0 * (rows * k * n) as f64;
+            println!(
+                "{rows}x{k}->{n}: ours {:.2} ms {:.1} GF/s | candle matmul {:.2} ms {:.1} GF/s",
+                t * 1e3,
+                f / t / 1e9,
+                tc * 1e3,
+                f / tc / 1e9
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod margin_tmp {
+    use candle_core::{Device, Tensor};
+    use std::collections::HashMap;
+
+    fn d(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    #[ignore]
+    fn print_margins() {
+        for m in ["r18vd", "r50vd"] {
+            let dir = std::path::PathBuf::from(format!("/tmp/rtdetr-full/{m}"));
+            let det = crate::Detector::from_dir(&dir).unwrap();
+            let r: HashMap<String, Tensor> =
+                candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+            let out = det.model().forward(&r["random.pixel_values"], None, true).unwrap();
+            let tr = out.trace.as_ref().unwrap();
+            let bb: Vec<f32> =
+                tr.backbone.iter().enumerate().map(|(i, f)| d(f, &r[&format!("random.backbone.{i}")])).collect();
+            let en: Vec<f32> =
+                tr.encoder.iter().enumerate().map(|(i, f)| d(f, &r[&format!("random.encoder.{i}")])).collect();
+            let same =
+                tr.topk_indices.iter().map(|v| v.iter().map(|&i| i as i64).collect::<Vec<_>>()).collect::<Vec<_>>()
+                    == r["random.topk_indices"].to_vec2::<i64>().unwrap();
+            let lg = if same { d(&out.logits, &r["random.logits"]) } else { f32::NAN };
+            let bx = if same { d(&out.boxes, &r["random.pred_boxes"]) } else { f32::NAN };
+            println!("{m}: backbone {bb:?} encoder {en:?} topk_same {same} logits {lg:e} boxes {bx:e}");
+        }
+    }
+}

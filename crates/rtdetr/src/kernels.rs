@@ -1,0 +1,393 @@
+//! Dense kernels on row-major f32 buffers for the transformer parts: linear layers with a
+//! fused epilogue, layer norm with a fused residual add, softmax and multi-head attention.
+//!
+//! Work is cut into a few row blocks run as rayon tasks (each product single-threaded on
+//! the `gemm` crate), so both cores stay busy without a second thread pool and small
+//! problems run inline.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::config::Activation;
+use crate::cpu::{self, bias_row_act, simd_dispatch};
+
+/// Products smaller than this many multiply-adds run on the calling thread.
+const SERIAL_MACS: usize = 1 << 20;
+
+/// Rows per task for `rows` rows of `macs_per_row` multiply-adds: about eight tasks, at
+/// least 16 rows each, one task for small problems.
+fn row_block(rows: usize, macs_per_row: usize) -> usize {
+    if rows * macs_per_row <= SERIAL_MACS {
+        return rows.max(1);
+    }
+    rows.div_ceil(8).max(16)
+}
+
+/// `dst (m×n, row stride ldd) = scale · A (m×k, row stride lda) · Bᵀ` where `b` holds B
+/// as n rows of k (row stride ldb): every operand is row-major, as stored by the model.
+///
+/// # Safety
+/// The pointers cover the described ranges; `dst` does not overlap the inputs.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_abt(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ldd: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    scale: f32,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ldd as isize,
+            false,
+            a,
+            1,
+            lda as isize,
+            b,
+            ldb as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `dst (m×n, row stride ldd) = A (m×k, row stride lda) · B (k×n, row stride ldb)`.
+///
+/// # Safety
+/// As [`gemm_abt`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_ab(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ldd: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ldd as isize,
+            false,
+            a,
+            1,
+            lda as isize,
+            b,
+            1,
+            ldb as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `act(x · Wᵀ + bias + residual)`: `x` is (rows, k), `w` is (n, k) (PyTorch's layout),
+/// `bias` (n), `residual` (rows, n).
+pub fn linear(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: &[f32],
+    n: usize,
+    residual: Option<&[f32]>,
+    act: Activation,
+) -> Vec<f32> {
+    let k = if n == 0 { 0 } else { w.len() / n };
+    assert_eq!(w.len(), n * k, "linear weight shape");
+    assert_eq!(x.len(), rows * k, "linear input length");
+    assert_eq!(bias.len(), n, "linear bias shape");
+    if let Some(r) = residual {
+        assert_eq!(r.len(), rows * n, "linear residual length");
+    }
+    let block = row_block(rows, n * k);
+    let run = |dst: &mut [f32], r0: usize| {
+        let nr = dst.len() / n.max(1);
+        // SAFETY: x rows r0..r0+nr and w are in bounds; dst holds nr rows of n.
+        unsafe { gemm_abt(nr, n, k, dst.as_mut_ptr(), n, x.as_ptr().add(r0 * k), k, w.as_ptr(), k, 1.0) };
+        for (i, row) in dst.chunks_exact_mut(n).enumerate() {
+            let res = residual.map(|r| &r[(r0 + i) * n..(r0 + i + 1) * n]);
+            bias_row_act(row, bias, res, act);
+        }
+    };
+    let mut out = vec![0f32; rows * n];
+    if n == 0 || rows == 0 {
+        return out;
+    }
+    if block >= rows {
+        run(&mut out, 0);
+    } else {
+        out.par_chunks_mut(block * n).enumerate().for_each(|(i, dst)| run(dst, i * block));
+    }
+    out
+}
+
+#[inline(always)]
+fn layer_norm_row_impl(dst: &mut [f32], x: &[f32], residual: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32) {
+    match residual {
+        Some(r) => dst.iter_mut().zip(x).zip(r).for_each(|((d, x), r)| *d = *x + *r),
+        None => dst.copy_from_slice(x),
+    }
+    let n = dst.len() as f32;
+    let mean = dst.iter().sum::<f32>() / n;
+    dst.iter_mut().for_each(|v| *v -= mean);
+    let var = dst.iter().map(|v| v * v).sum::<f32>() / n;
+    let std = (var + eps).sqrt();
+    dst.iter_mut().zip(w).zip(b).for_each(|((v, w), b)| *v = *v / std * *w + *b);
+}
+
+simd_dispatch! {
+    fn layer_norm_row(dst: &mut [f32], x: &[f32], residual: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32)
+        => layer_norm_row_impl
+}
+
+/// `LayerNorm(x + residual)` over rows of `w.len()` (the reference's arithmetic: mean,
+/// centred variance, division by `sqrt(var + eps)`).
+pub fn layer_norm(x: &[f32], residual: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let dim = w.len();
+    assert!(dim > 0 && x.len() % dim == 0, "layer norm input length");
+    if let Some(r) = residual {
+        assert_eq!(r.len(), x.len(), "layer norm residual length");
+    }
+    let mut out = vec![0f32; x.len()];
+    let rows = x.len() / dim;
+    // Memory-bound: parallel only for large inputs.
+    let block = if x.len() < 1 << 17 { rows.max(1) } else { rows.div_ceil(8) };
+    out.par_chunks_mut(block * dim).enumerate().for_each(|(i, dst)| {
+        for (j, row) in dst.chunks_exact_mut(dim).enumerate() {
+            let r = (i * block + j) * dim;
+            layer_norm_row(row, &x[r..r + dim], residual.map(|s| &s[r..r + dim]), w, b, eps);
+        }
+    });
+    out
+}
+
+/// In-place softmax of each row of `cols` values: `exp(v − max) / Σ`.
+pub fn softmax_rows(x: &mut [f32], cols: usize) {
+    for row in x.chunks_exact_mut(cols) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        row.iter_mut().for_each(|v| *v /= sum);
+    }
+}
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Multi-head scaled dot-product attention. `q`: (B, Lq, H·hd), `k` and `v`: (B, Lk, H·hd),
+/// all row-major; returns (B, Lq, H·hd). One task per (image, head).
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, heads: usize, dim: usize) -> Vec<f32> {
+    assert!(heads > 0 && dim % heads == 0 && batch > 0, "attention shapes");
+    let lq = q.len() / (batch * dim);
+    let lk = k.len() / (batch * dim);
+    assert_eq!(q.len(), batch * lq * dim, "attention q length");
+    assert_eq!(k.len(), batch * lk * dim, "attention k length");
+    assert_eq!(v.len(), k.len(), "attention v length");
+    let hd = dim / heads;
+    let scale = (hd as f64).powf(-0.5) as f32;
+    let mut out = vec![0f32; batch * lq * dim];
+    let dst = cpu::SendPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let (b, h) = (t / heads, t % heads);
+        SCORES.with_borrow_mut(|s| {
+            if s.len() < lq * lk {
+                s.resize(lq * lk, 0.0);
+            }
+            let s = &mut s[..lq * lk];
+            let off = h * hd;
+            // SAFETY: head h of image b reads its column slice of q/k/v and writes its own
+            // column slice of out; tasks never share output elements.
+            unsafe {
+                gemm_abt(
+                    lq,
+                    lk,
+                    hd,
+                    s.as_mut_ptr(),
+                    lk,
+                    q.as_ptr().add(b * lq * dim + off),
+                    dim,
+                    k.as_ptr().add(b * lk * dim + off),
+                    dim,
+                    scale,
+                );
+                softmax_rows(s, lk);
+                gemm_ab(
+                    lq,
+                    hd,
+                    lk,
+                    dst.get().add(b * lq * dim + off),
+                    dim,
+                    s.as_ptr(),
+                    lk,
+                    v.as_ptr().add(b * lk * dim + off),
+                    dim,
+                );
+            }
+        });
+    };
+    if batch * lq * lk * hd * heads <= SERIAL_MACS {
+        (0..batch * heads).for_each(task);
+    } else {
+        (0..batch * heads).into_par_iter().for_each(task);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    self.0 ^= self.0 << 13;
+                    self.0 ^= self.0 >> 7;
+                    self.0 ^= self.0 << 17;
+                    (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                })
+                .collect()
+        }
+    }
+
+    fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what} [{i}]: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn linear_matches_naive() {
+        let mut rng = Rng(7);
+        for (rows, k, n) in [(1, 1, 1), (3, 5, 7), (300, 256, 80), (1000, 64, 33), (17, 300, 300), (2, 0, 3)] {
+            let x = rng.vec(rows * k);
+            let w = rng.vec(n * k);
+            let b = rng.vec(n);
+            let r = rng.vec(rows * n);
+            for (res, act) in
+                [(None, Activation::Identity), (Some(r.as_slice()), Activation::Relu), (None, Activation::Gelu)]
+            {
+                let got = linear(&x, rows, &w, &b, n, res, act);
+                let mut want = vec![0f32; rows * n];
+                for i in 0..rows {
+                    for j in 0..n {
+                        let mut s = 0f64;
+                        for c in 0..k {
+                            s += x[i * k + c] as f64 * w[j * k + c] as f64;
+                        }
+                        let v = s as f32 + b[j] + res.map_or(0.0, |r| r[i * n + j]);
+                        want[i * n + j] = cpu::act(v, act);
+                    }
+                }
+                close(&got, &want, 1e-5 * (k as f32).sqrt().max(1.0), &format!("linear {rows}x{k}x{n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_naive() {
+        let mut rng = Rng(8);
+        for (rows, dim) in [(1, 1), (5, 7), (3000, 256), (2, 1000)] {
+            let x = rng.vec(rows * dim);
+            let r = rng.vec(rows * dim);
+            let w = rng.vec(dim);
+            let b = rng.vec(dim);
+            for res in [None, Some(r.as_slice())] {
+                let got = layer_norm(&x, res, &w, &b, 1e-5);
+                let mut want = Vec::new();
+                for i in 0..rows {
+                    let v: Vec<f64> =
+                        (0..dim).map(|j| x[i * dim + j] as f64 + res.map_or(0.0, |r| r[i * dim + j] as f64)).collect();
+                    let mean = v.iter().sum::<f64>() / dim as f64;
+                    let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / dim as f64;
+                    for j in 0..dim {
+                        want.push(((v[j] - mean) / (var + 1e-5).sqrt() * w[j] as f64 + b[j] as f64) as f32);
+                    }
+                }
+                close(&got, &want, 1e-4, &format!("layer norm {rows}x{dim}"));
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one() {
+        let mut x = vec![1.0, 2.0, 3.0, -1e30, 0.0, 1e3];
+        softmax_rows(&mut x, 3);
+        let e = [1f32.exp(), 2f32.exp(), 3f32.exp()];
+        let s: f32 = e.iter().sum();
+        close(&x[..3], &[e[0] / s, e[1] / s, e[2] / s], 1e-6, "softmax");
+        close(&x[3..], &[0.0, 0.0, 1.0], 1e-6, "softmax extreme");
+    }
+
+    #[test]
+    fn attention_matches_naive() {
+        let mut rng = Rng(9);
+        for (b, lq, lk, heads, hd) in [(1, 1, 1, 1, 1), (2, 5, 7, 3, 4), (1, 300, 300, 8, 32), (2, 40, 13, 8, 5)] {
+            let dim = heads * hd;
+            let q = rng.vec(b * lq * dim);
+            let k = rng.vec(b * lk * dim);
+            let v = rng.vec(b * lk * dim);
+            let got = attention(&q, &k, &v, b, heads, dim);
+            let mut want = vec![0f32; b * lq * dim];
+            let scale = (hd as f64).powf(-0.5);
+            for bi in 0..b {
+                for h in 0..heads {
+                    for i in 0..lq {
+                        let s: Vec<f64> = (0..lk)
+                            .map(|j| {
+                                (0..hd)
+                                    .map(|c| {
+                                        q[(bi * lq + i) * dim + h * hd + c] as f64
+                                            * k[(bi * lk + j) * dim + h * hd + c] as f64
+                                    })
+                                    .sum::<f64>()
+                                    * scale
+                            })
+                            .collect();
+                        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for c in 0..hd {
+                            let o: f64 = (0..lk).map(|j| e[j] / z * v[(bi * lk + j) * dim + h * hd + c] as f64).sum();
+                            want[(bi * lq + i) * dim + h * hd + c] = o as f32;
+                        }
+                    }
+                }
+            }
+            close(&got, &want, 1e-5, &format!("attention b{b} {lq}x{lk} h{heads} hd{hd}"));
+        }
+    }
+}
