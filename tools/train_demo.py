@@ -437,7 +437,7 @@ def write_model_card(out, info):
         " 100 queries)",
         f"- Input: {INPUT_SIZE}x{INPUT_SIZE} (bilinear resize, rescale 1/255, no normalization)",
         f"- Training: `{info['command']}`",
-        f"- Steps: {info['best_step']} (best checkpoint) of {info['steps']} run, batch 8, AdamW lr 4e-4,"
+        f"- Steps: {info['best_step']} (best checkpoint) of {info['steps']} run, batch 8, AdamW lr {info['lr']:g},"
         f" wall time {info['minutes']:.1f} min on {info['threads']} CPU threads",
         f"- Data: `make_sample` in `tools/train_demo.py` (train seed stream {TRAIN_SEED}); evaluation on"
         f" {EVAL_N} held-out images, reproducible with",
@@ -460,11 +460,15 @@ def cmd_train(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = build_config(args.encoder_heads)
-    model = RTDetrForObjectDetection(cfg)
+    if args.init:
+        # Continue from an earlier checkpoint (same graph); fresh optimizer state, new data.
+        model = RTDetrForObjectDetection.from_pretrained(args.init)
+        model.train()
+    else:
+        model = RTDetrForObjectDetection(build_config(args.encoder_heads))
     proc = build_processor()
     params = sum(p.numel() for p in model.parameters())
-    print(f"params {params}  classes {CLASSES}", flush=True)
+    print(f"params {params}  classes {CLASSES}  init {args.init or 'random'}", flush=True)
     eval_samples = [sample_for(EVAL_SEED, i) for i in range(EVAL_N)]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     budget = args.minutes * 60.0
@@ -473,6 +477,11 @@ def cmd_train(args):
     step = 0
     ema = None
     model.train()
+    if args.init:
+        stats, summary = coco_evaluate(model, proc, eval_samples)
+        print(f"eval of --init: AP {stats[0]:.4f}", flush=True)
+        best_ap, best_summary, best_stats = stats[0], summary, stats
+        model.train()
 
     def lr_at(step, el):
         if step < args.warmup:
@@ -487,7 +496,8 @@ def cmd_train(args):
         el = time.time() - t0
         for g in opt.param_groups:
             g["lr"] = lr_at(step, el)
-        samples = [sample_for(TRAIN_SEED, step * args.batch + j) for j in range(args.batch)]
+        first = (args.start_step + step) * args.batch
+        samples = [sample_for(TRAIN_SEED, first + j) for j in range(args.batch)]
         pv, labels = make_batch(proc, samples)
         out = model(pixel_values=pv, labels=labels)
         loss = out.loss
@@ -522,7 +532,7 @@ def cmd_train(args):
     print("stats", json.dumps([round(s, 4) for s in best_stats]), flush=True)
     write_model_card(args.out, {
         "params": params, "command": "python tools/train_demo.py " + " ".join(sys.argv[1:]),
-        "best_step": best_step, "steps": step, "minutes": total / 60, "threads": args.threads,
+        "best_step": best_step, "steps": step, "lr": args.lr, "minutes": total / 60, "threads": args.threads,
         "summary": best_summary,
     })
     # sanity: keys look like HF's
@@ -548,6 +558,9 @@ def main():
     t.add_argument("--eval-every", type=int, default=300)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--encoder-heads", type=int, default=8)
+    t.add_argument("--init", help="checkpoint directory to continue training from")
+    t.add_argument("--start-step", type=int, default=0,
+                   help="offset into the training sample stream (continue with unseen images)")
     e = sub.add_parser("gen-examples")
     e.add_argument("--out", default="examples")
     e.add_argument("--n", type=int, default=6)

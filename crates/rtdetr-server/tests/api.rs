@@ -226,7 +226,14 @@ async fn chat_completions_and_streaming() {
     let streamed: String =
         chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
     let streamed: Value = serde_json::from_str(&streamed).unwrap();
-    assert_eq!(streamed, content);
+    // Same images, but the batch they share may differ from the first request's, so compare within the
+    // engine's batch tolerance rather than byte for byte.
+    let streamed = streamed["results"].as_array().unwrap();
+    assert_eq!(streamed.len(), results.len());
+    for ((name, s), r) in names.iter().zip(streamed).zip(results) {
+        assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (r["width"].as_u64(), r["height"].as_u64()));
+        assert_same(name, &detections(&s["detections"]), &detections(&r["detections"]));
+    }
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"].as_array().map(Vec::len), Some(0));

@@ -12,6 +12,7 @@
 //! per task, so that both cores work on independent tiles and the epilogue stays local.
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -19,6 +20,7 @@ use rayon::prelude::*;
 use crate::config::Activation;
 use crate::cpu::{self, AddAt, SendPtr};
 use crate::error::{Error, Result};
+use crate::winograd::{Tile, Winograd3x3};
 
 /// A convolution with bias (BatchNorm already folded in) and a fused activation.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct Conv2d {
     /// Multiply-adds per output position of the layers this one computes (more than its
     /// own c_out·c_in·k² after [`Conv2d::add_centered`]): the model's nominal cost.
     nominal_macs: usize,
+    /// The Winograd form of a stride-1 3×3 layer, built on first use.
+    winograd: OnceLock<Option<Winograd3x3>>,
 }
 
 /// Geometry of one call.
@@ -63,7 +67,8 @@ impl Conv2d {
         assert_eq!(weight.len(), c_out * c_in * kernel * kernel, "conv weight shape");
         assert_eq!(bias.len(), c_out, "conv bias shape");
         assert!(kernel >= 1 && stride >= 1, "kernel and stride must be positive");
-        Self { weight, bias, c_in, c_out, kernel, stride, padding, nominal_macs: c_out * c_in * kernel * kernel }
+        let nominal_macs = c_out * c_in * kernel * kernel;
+        Self { weight, bias, c_in, c_out, kernel, stride, padding, nominal_macs, winograd: OnceLock::new() }
     }
 
     pub fn c_in(&self) -> usize {
@@ -99,6 +104,7 @@ impl Conv2d {
             self.bias[co] += other.bias[co];
         }
         self.nominal_macs += other.nominal_macs;
+        self.winograd = OnceLock::new();
         Ok(())
     }
 
@@ -117,6 +123,7 @@ impl Conv2d {
             bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
             c_out: parts.iter().map(|p| p.c_out).sum(),
             nominal_macs: parts.iter().map(|p| p.nominal_macs).sum(),
+            winograd: OnceLock::new(),
             ..(*first).clone()
         })
     }
@@ -175,6 +182,9 @@ impl Conv2d {
         if let Some((r, _)) = residual {
             assert_eq!(r.len(), b * self.c_out * hw, "conv residual length");
         }
+        if let Some(wino) = self.winograd() {
+            return wino.run(x, &self.bias, b, h, w, residual, act);
+        }
         let kdim = self.c_in * self.kernel * self.kernel;
         let direct = self.kernel == 1 && self.stride == 1 && self.padding == 0;
         let (tile, cblock) = plan(hw, kdim, self.c_out, b);
@@ -219,6 +229,18 @@ impl Conv2d {
                 });
             })
         }
+    }
+
+    /// The Winograd form of this layer where it applies (3×3, stride 1, enough channels to
+    /// amortise the transforms).
+    fn winograd(&self) -> Option<&Winograd3x3> {
+        self.winograd
+            .get_or_init(|| {
+                let tile = winograd_tile()?;
+                (self.kernel == 3 && self.stride == 1 && self.c_in >= 16 && self.c_out >= 16)
+                    .then(|| Winograd3x3::new(&self.weight, self.c_in, self.c_out, self.padding, tile))
+            })
+            .as_ref()
     }
 
     /// dst[co, p0 + j] = Σ_k W[co, k] · lhs[k·lhs_stride + j] for co in c0..c0+rows,
@@ -312,6 +334,17 @@ impl Conv2d {
             }
         }
     }
+}
+
+/// The Winograd tile for stride-1 3×3 layers: F(4×4, 3×3) unless `RTDETR_WINOGRAD=off|2|4`
+/// says otherwise (for measurements and accuracy checks).
+fn winograd_tile() -> Option<Tile> {
+    static TILE: OnceLock<Option<Tile>> = OnceLock::new();
+    *TILE.get_or_init(|| match std::env::var("RTDETR_WINOGRAD").as_deref() {
+        Ok("off") | Ok("0") => None,
+        Ok("2") => Some(Tile::F2),
+        _ => Some(Tile::F4),
+    })
 }
 
 /// Tile width (output positions) and output-channel block of each task, chosen so that a
@@ -489,196 +522,5 @@ mod tests {
         let x = Tensor::zeros((1, 3, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
         let r = Tensor::zeros((1, 2, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(conv.forward(&x, Some((&r, AddAt::BeforeAct)), Activation::Identity).is_err());
-    }
-}
-
-#[cfg(test)]
-mod bench_tmp {
-    use super::*;
-
-    #[repr(C)]
-    struct Timespec {
-        s: i64,
-        ns: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
-    }
-    /// Process CPU seconds (with RAYON_NUM_THREADS=1: the kernel's own time, whatever
-    /// else runs on the machine) or wall seconds.
-    fn now() -> f64 {
-        let clk = if std::env::var("BENCH_WALL").is_ok() { 1 } else { 2 };
-        let mut t = Timespec { s: 0, ns: 0 };
-        unsafe { clock_gettime(clk, &mut t) };
-        t.s as f64 + t.ns as f64 * 1e-9
-    }
-
-    fn time<F: FnMut()>(mut f: F) -> f64 {
-        f();
-        let mut v = Vec::new();
-        for _ in 0..5 {
-            let t = now();
-            f();
-            v.push(now() - t);
-        }
-        v.sort_by(f64::total_cmp);
-        v[2]
-    }
-
-    #[test]
-    #[ignore]
-    fn bench_shapes() {
-        // (c_in, c_out, h, k, stride)
-        let shapes = [
-            (3, 32, 640, 3, 2),
-            (32, 32, 320, 3, 1),
-            (32, 64, 320, 3, 1),
-            (64, 64, 160, 1, 1),
-            (64, 64, 160, 3, 1),
-            (64, 256, 160, 1, 1),
-            (256, 64, 160, 1, 1),
-            (256, 128, 160, 1, 1),
-            (128, 128, 160, 3, 2),
-            (128, 512, 80, 1, 1),
-            (512, 128, 80, 1, 1),
-            (128, 128, 80, 3, 1),
-            (256, 256, 40, 3, 1),
-            (1024, 256, 40, 1, 1),
-            (256, 1024, 40, 1, 1),
-            (512, 512, 20, 3, 1),
-            (2048, 512, 20, 1, 1),
-            (512, 2048, 20, 1, 1),
-            (256, 256, 80, 3, 1),
-            (512, 256, 80, 1, 1),
-            (256, 256, 80, 3, 2),
-        ];
-        let mut rng = 1u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        let (mut tot_f, mut tot_t) = (0.0, 0.0);
-        for (ci, co, h, k, s) in shapes {
-            let x: Vec<f32> = (0..ci * h * h).map(|_| next()).collect();
-            let w: Vec<f32> = (0..co * ci * k * k).map(|_| next()).collect();
-            let conv = Conv2d::new(w, vec![0.1; co], ci, co, k, s, k / 2);
-            let t = time(|| {
-                std::hint::black_box(conv.run(&x, 1, h, h, None, Activation::Relu));
-            });
-            let f = conv.flops(h, h) as f64;
-            tot_f += f;
-            tot_t += t;
-            println!("{ci:>5}->{co:<5} {h:>4} k{k} s{s}: {:>7.2} ms {:>6.1} GFLOP/s", t * 1e3, f / t / 1e9);
-        }
-        println!("total {:.1} ms, {:.1} GFLOP/s", tot_t * 1e3, tot_f / tot_t / 1e9);
-        // Peak reference: one large square product, gemm's own threading.
-        let n = 1024;
-        let a: Vec<f32> = (0..n * n).map(|_| next()).collect();
-        let mut c = vec![0f32; n * n];
-        let t = time(|| unsafe {
-            gemm::gemm(
-                n,
-                n,
-                n,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-                false,
-                a.as_ptr(),
-                n as isize,
-                1,
-                a.as_ptr(),
-                n as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            )
-        });
-        println!("gemm {n}^3: {:.1} GFLOP/s", 2.0 * (n * n * n) as f64 / t / 1e9);
-    }
-
-    #[test]
-    #[ignore]
-    fn bench_linear() {
-        let mut rng = 1u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        for (rows, k, n) in [
-            (8400, 256, 256),
-            (8400, 256, 80),
-            (300, 256, 256),
-            (300, 256, 1024),
-            (300, 1024, 256),
-            (400, 256, 1024),
-            (300, 256, 192),
-        ] {
-            let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
-            let b = vec![0.1f32; n];
-            let t = time(|| {
-                std::hint::black_box(crate::kernels::linear(&x, rows, &w, &b, n, None, Activation::Identity));
-            });
-            let xt = Tensor::from_vec(x.clone(), (rows, k), &candle_core::Device::Cpu).unwrap();
-            let wt = Tensor::from_vec(w.clone(), (n, k), &candle_core::Device::Cpu)
-                .unwrap()
-                .t()
-                .unwrap()
-                .contiguous()
-                .unwrap();
-            let tc = time(|| {
-                std::hint::black_box(xt.matmul(&wt).unwrap());
-            });
-            let f = 2.0 * (rows * k * n) as f64;
-            println!(
-                "{rows}x{k}->{n}: ours {:.2} ms {:.1} GF/s | candle matmul {:.2} ms {:.1} GF/s",
-                t * 1e3,
-                f / t / 1e9,
-                tc * 1e3,
-                f / tc / 1e9
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod margin_tmp {
-    use candle_core::{Device, Tensor};
-    use std::collections::HashMap;
-
-    fn d(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
-
-    #[test]
-    #[ignore]
-    fn print_margins() {
-        for m in ["r18vd", "r50vd"] {
-            let dir = std::path::PathBuf::from(format!("/tmp/rtdetr-full/{m}"));
-            let det = crate::Detector::from_dir(&dir).unwrap();
-            let r: HashMap<String, Tensor> =
-                candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-            let out = det.model().forward(&r["random.pixel_values"], None, true).unwrap();
-            let tr = out.trace.as_ref().unwrap();
-            let bb: Vec<f32> =
-                tr.backbone.iter().enumerate().map(|(i, f)| d(f, &r[&format!("random.backbone.{i}")])).collect();
-            let en: Vec<f32> =
-                tr.encoder.iter().enumerate().map(|(i, f)| d(f, &r[&format!("random.encoder.{i}")])).collect();
-            let same =
-                tr.topk_indices.iter().map(|v| v.iter().map(|&i| i as i64).collect::<Vec<_>>()).collect::<Vec<_>>()
-                    == r["random.topk_indices"].to_vec2::<i64>().unwrap();
-            let lg = if same { d(&out.logits, &r["random.logits"]) } else { f32::NAN };
-            let bx = if same { d(&out.boxes, &r["random.pred_boxes"]) } else { f32::NAN };
-            println!("{m}: backbone {bb:?} encoder {en:?} topk_same {same} logits {lg:e} boxes {bx:e}");
-        }
     }
 }

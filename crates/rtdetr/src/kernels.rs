@@ -108,19 +108,19 @@ pub unsafe fn gemm_ab(
     }
 }
 
-/// `act(x · Wᵀ + bias + residual)`: `x` is (rows, k), `w` is (n, k) (PyTorch's layout),
-/// `bias` (n), `residual` (rows, n).
+/// `act(x · Wᵀ + bias + residual)`: `x` is (rows, k), `wt` is Wᵀ as (k, n) row-major (the
+/// layout the `gemm` crate multiplies without repacking), `bias` (n), `residual` (rows, n).
 pub fn linear(
     x: &[f32],
     rows: usize,
-    w: &[f32],
+    wt: &[f32],
     bias: &[f32],
     n: usize,
     residual: Option<&[f32]>,
     act: Activation,
 ) -> Vec<f32> {
-    let k = if n == 0 { 0 } else { w.len() / n };
-    assert_eq!(w.len(), n * k, "linear weight shape");
+    let k = if n == 0 { 0 } else { wt.len() / n };
+    assert_eq!(wt.len(), n * k, "linear weight shape");
     assert_eq!(x.len(), rows * k, "linear input length");
     assert_eq!(bias.len(), n, "linear bias shape");
     if let Some(r) = residual {
@@ -129,8 +129,8 @@ pub fn linear(
     let block = row_block(rows, n * k);
     let run = |dst: &mut [f32], r0: usize| {
         let nr = dst.len() / n.max(1);
-        // SAFETY: x rows r0..r0+nr and w are in bounds; dst holds nr rows of n.
-        unsafe { gemm_abt(nr, n, k, dst.as_mut_ptr(), n, x.as_ptr().add(r0 * k), k, w.as_ptr(), k, 1.0) };
+        // SAFETY: x rows r0..r0+nr and wt are in bounds; dst holds nr rows of n.
+        unsafe { gemm_ab(nr, n, k, dst.as_mut_ptr(), n, x.as_ptr().add(r0 * k), k, wt.as_ptr(), n) };
         for (i, row) in dst.chunks_exact_mut(n).enumerate() {
             let res = residual.map(|r| &r[(r0 + i) * n..(r0 + i + 1) * n]);
             bias_row_act(row, bias, res, act);
@@ -188,17 +188,19 @@ pub fn layer_norm(x: &[f32], residual: Option<&[f32]>, w: &[f32], b: &[f32], eps
     out
 }
 
-/// In-place softmax of each row of `cols` values: `exp(v − max) / Σ`.
-pub fn softmax_rows(x: &mut [f32], cols: usize) {
+#[inline(always)]
+fn softmax_rows_impl(x: &mut [f32], cols: usize) {
     for row in x.chunks_exact_mut(cols) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
+        row.iter_mut().for_each(|v| *v = cpu::exp(*v - max));
+        let sum: f32 = row.iter().sum();
         row.iter_mut().for_each(|v| *v /= sum);
     }
+}
+
+simd_dispatch! {
+    /// In-place softmax of each row of `cols` values: `exp(v − max) / Σ`.
+    pub fn softmax_rows(x: &mut [f32], cols: usize) => softmax_rows_impl
 }
 
 thread_local! {
@@ -300,7 +302,8 @@ mod tests {
             for (res, act) in
                 [(None, Activation::Identity), (Some(r.as_slice()), Activation::Relu), (None, Activation::Gelu)]
             {
-                let got = linear(&x, rows, &w, &b, n, res, act);
+                let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+                let got = linear(&x, rows, &wt, &b, n, res, act);
                 let mut want = vec![0f32; rows * n];
                 for i in 0..rows {
                     for j in 0..n {

@@ -24,6 +24,7 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod resize;
 pub mod weights;
+pub mod winograd;
 
 pub use detector::Detector;
 pub use error::{Error, Result};

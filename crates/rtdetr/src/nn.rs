@@ -105,8 +105,8 @@ impl ConvBn {
 /// `nn.Linear`, run by [`kernels::linear`] with an optional fused residual add and
 /// activation.
 pub struct Linear {
-    /// (out, in), PyTorch's layout.
-    weight: Vec<f32>,
+    /// Wᵀ: (in, out) row-major.
+    weight_t: Vec<f32>,
     bias: Vec<f32>,
     in_features: usize,
     out_features: usize,
@@ -119,22 +119,31 @@ impl Linear {
         Ok(Self::new(weight.flatten_all()?.to_vec1()?, bias.to_vec1()?, in_features, out_features))
     }
 
+    /// `weight`: (out, in) row-major, PyTorch's layout.
     pub fn new(weight: Vec<f32>, bias: Vec<f32>, in_features: usize, out_features: usize) -> Self {
         assert_eq!(weight.len(), in_features * out_features, "linear weight shape");
         assert_eq!(bias.len(), out_features, "linear bias shape");
-        Self { weight, bias, in_features, out_features }
+        let mut weight_t = vec![0f32; weight.len()];
+        for (o, row) in weight.chunks_exact(in_features.max(1)).enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                weight_t[i * out_features + o] = *v;
+            }
+        }
+        Self { weight_t, bias, in_features, out_features }
     }
 
     /// Stacks the outputs of several layers that read the same input into one layer.
     pub fn concat(layers: &[&Linear]) -> Self {
         let in_features = layers[0].in_features;
         assert!(layers.iter().all(|l| l.in_features == in_features), "concatenated layers share their input");
-        Self {
-            weight: layers.iter().flat_map(|l| l.weight.iter().copied()).collect(),
-            bias: layers.iter().flat_map(|l| l.bias.iter().copied()).collect(),
-            in_features,
-            out_features: layers.iter().map(|l| l.out_features).sum(),
+        let out_features = layers.iter().map(|l| l.out_features).sum();
+        let mut weight_t = Vec::with_capacity(in_features * out_features);
+        for i in 0..in_features {
+            for l in layers {
+                weight_t.extend_from_slice(&l.weight_t[i * l.out_features..(i + 1) * l.out_features]);
+            }
         }
+        Self { weight_t, bias: layers.iter().flat_map(|l| l.bias.iter().copied()).collect(), in_features, out_features }
     }
 
     pub fn out_features(&self) -> usize {
@@ -172,7 +181,7 @@ impl Linear {
     /// The layer on a raw (rows, in) buffer.
     pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, act: Activation) -> Vec<f32> {
         crate::flops::add(2 * (rows * self.in_features * self.out_features) as u64);
-        kernels::linear(x, rows, &self.weight, &self.bias, self.out_features, residual, act)
+        kernels::linear(x, rows, &self.weight_t, &self.bias, self.out_features, residual, act)
     }
 }
 

@@ -1,0 +1,615 @@
+//! Winograd convolution F(m×m, 3×3) for stride-1 3×3 layers (Lavin & Gray, 2016).
+//!
+//! Each output tile of m×m pixels is computed from an α×α input patch (α = m + 2):
+//! `Y = Aᵀ [Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B)] A`. The element-wise products summed over input
+//! channels are α² independent matrix products, [tiles × Cin] · [Cin × Cout], run on
+//! the `gemm` crate; the weight transform `G g Gᵀ` is done once at load time.
+//!
+//! Work is cut into tasks of whole tile rows (and output-channel blocks for small maps):
+//! each task transforms its input patches into a per-thread buffer, runs the α² products,
+//! then transforms back straight into the output rows it owns and applies the fused
+//! bias / residual / activation epilogue to them while they are in cache.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::config::Activation;
+use crate::cpu::{self, simd_dispatch, AddAt};
+
+/// A transform set: Bᵀ (α×α), G (α×3), Aᵀ (m×α), row-major. G is applied from this table
+/// (once, at load); Bᵀ and Aᵀ are the specification of the hand-unrolled input and output
+/// transforms below (hot loops), which the tests check against direct convolution.
+struct Transform {
+    m: usize,
+    #[allow(dead_code)]
+    bt: &'static [f32],
+    g: &'static [f32],
+    #[allow(dead_code)]
+    at: &'static [f32],
+}
+
+/// F(2×2, 3×3), points 0, 1, −1, ∞: 2.25× fewer multiplications, near-direct accuracy.
+const F2: Transform = Transform {
+    m: 2,
+    bt: &[
+        1.0, 0.0, -1.0, 0.0, //
+        0.0, 1.0, 1.0, 0.0, //
+        0.0, -1.0, 1.0, 0.0, //
+        0.0, 1.0, 0.0, -1.0,
+    ],
+    g: &[
+        1.0, 0.0, 0.0, //
+        0.5, 0.5, 0.5, //
+        0.5, -0.5, 0.5, //
+        0.0, 0.0, 1.0,
+    ],
+    at: &[
+        1.0, 1.0, 1.0, 0.0, //
+        0.0, 1.0, -1.0, -1.0,
+    ],
+};
+
+/// F(4×4, 3×3), points 0, ±1, ±2, ∞: 4× fewer multiplications.
+const F4: Transform = Transform {
+    m: 4,
+    bt: &[
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0, //
+        0.0, -4.0, -4.0, 1.0, 1.0, 0.0, //
+        0.0, 4.0, -4.0, -1.0, 1.0, 0.0, //
+        0.0, -2.0, -1.0, 2.0, 1.0, 0.0, //
+        0.0, 2.0, -1.0, -2.0, 1.0, 0.0, //
+        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+    ],
+    g: &[
+        1.0 / 4.0,
+        0.0,
+        0.0, //
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0, //
+        -1.0 / 6.0,
+        1.0 / 6.0,
+        -1.0 / 6.0, //
+        1.0 / 24.0,
+        1.0 / 12.0,
+        1.0 / 6.0, //
+        1.0 / 24.0,
+        -1.0 / 12.0,
+        1.0 / 6.0, //
+        0.0,
+        0.0,
+        1.0,
+    ],
+    at: &[
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0, //
+        0.0, 1.0, -1.0, 2.0, -2.0, 0.0, //
+        0.0, 1.0, 1.0, 4.0, 4.0, 0.0, //
+        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ],
+};
+
+/// Output tile size of the Winograd variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tile {
+    F2,
+    F4,
+}
+
+impl Tile {
+    fn transform(self) -> &'static Transform {
+        match self {
+            Tile::F2 => &F2,
+            Tile::F4 => &F4,
+        }
+    }
+}
+
+/// A stride-1 3×3 convolution with its weights in the Winograd domain.
+#[derive(Debug, Clone)]
+pub struct Winograd3x3 {
+    tile: Tile,
+    /// α² matrices (c_out, c_in), row-major: U[ξ][co][ci].
+    u: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    padding: usize,
+}
+
+thread_local! {
+    /// Per-thread transformed input (V), products (M) and zero-padded input rows.
+    static BUFS: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+impl Winograd3x3 {
+    /// `weight`: (c_out, c_in, 3, 3) flattened.
+    pub fn new(weight: &[f32], c_in: usize, c_out: usize, padding: usize, tile: Tile) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * 9, "winograd weight shape");
+        let t = tile.transform();
+        let a = t.m + 2;
+        let mut u = vec![0f32; a * a * c_out * c_in];
+        // U = G g Gᵀ in f64, rounded once.
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                let g = &weight[(co * c_in + ci) * 9..][..9];
+                let mut tmp = [0f64; 18]; // G g: α×3
+                for i in 0..a {
+                    for j in 0..3 {
+                        tmp[i * 3 + j] = (0..3).map(|k| t.g[i * 3 + k] as f64 * g[k * 3 + j] as f64).sum();
+                    }
+                }
+                for i in 0..a {
+                    for j in 0..a {
+                        let v: f64 = (0..3).map(|k| tmp[i * 3 + k] * t.g[j * 3 + k] as f64).sum();
+                        u[((i * a + j) * c_out + co) * c_in + ci] = v as f32;
+                    }
+                }
+            }
+        }
+        Self { tile, u, c_in, c_out, padding }
+    }
+
+    /// Same contract as [`crate::conv::Conv2d::run`] for a 3×3 stride-1 convolution.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        x: &[f32],
+        bias: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+        residual: Option<(&[f32], AddAt)>,
+        act: Activation,
+    ) -> Vec<f32> {
+        let t = self.tile.transform();
+        let (m, a) = (t.m, t.m + 2);
+        let (oh, ow) = (h + 2 * self.padding - 2, w + 2 * self.padding - 2);
+        let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
+        let hw = oh * ow;
+        assert_eq!(x.len(), b * self.c_in * h * w, "winograd input length");
+        // Tile rows per task: about 128 tiles, and enough tasks for two threads.
+        let rows_per_task = (64 / tw.max(1)).clamp(1, th.max(1));
+        let n_row_tasks = th.div_ceil(rows_per_task);
+        let mut cblock = self.c_out;
+        while b * n_row_tasks * self.c_out.div_ceil(cblock) < 6 && cblock >= 64 {
+            cblock = (cblock / 2).next_multiple_of(8);
+        }
+        let n_cblocks = self.c_out.div_ceil(cblock);
+        let tasks = b * n_row_tasks * n_cblocks;
+        // SAFETY: task (image, tile rows, channel block) writes output rows
+        // [r0·m, min(r1·m, oh)) of its channels only; together the tasks cover everything.
+        unsafe {
+            cpu::filled_by(b * self.c_out * hw, |dst| {
+                (0..tasks).into_par_iter().for_each(|task| {
+                    let img = task / (n_row_tasks * n_cblocks);
+                    let rt = (task / n_cblocks) % n_row_tasks;
+                    let c0 = (task % n_cblocks) * cblock;
+                    let cn = cblock.min(self.c_out - c0);
+                    let r0 = rt * rows_per_task;
+                    let r1 = (r0 + rows_per_task).min(th);
+                    let nt = (r1 - r0) * tw;
+                    let xi = &x[img * self.c_in * h * w..(img + 1) * self.c_in * h * w];
+                    BUFS.with_borrow_mut(|(v, mm, padded)| {
+                        v.resize(v.len().max(a * a * self.c_in * nt), 0.0);
+                        mm.resize(mm.len().max(a * a * cn * nt), 0.0);
+                        self.input_transform(xi, h, w, r0, r1, tw, &mut v[..a * a * self.c_in * nt], padded);
+                        for xi_idx in 0..a * a {
+                            // M[ξ] (nt × cn, column-major) = V[ξ] (nt × c_in) · U[ξ]ᵀ.
+                            gemm::gemm(
+                                nt,
+                                cn,
+                                self.c_in,
+                                mm.as_mut_ptr().add(xi_idx * cn * nt),
+                                nt as isize,
+                                1,
+                                false,
+                                v.as_ptr().add(xi_idx * self.c_in * nt),
+                                nt as isize,
+                                1,
+                                self.u.as_ptr().add((xi_idx * self.c_out + c0) * self.c_in),
+                                self.c_in as isize,
+                                1,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        let (y0, y1) = (r0 * m, (r1 * m).min(oh));
+                        let out_base = img * self.c_out * hw;
+                        for co in c0..c0 + cn {
+                            let rows = dst.slice(out_base + co * hw + y0 * ow, (y1 - y0) * ow);
+                            let mm = &mm[(co - c0) * nt..];
+                            match self.tile {
+                                Tile::F2 => output_f2(mm, cn * nt, rows, ow, y1 - y0, tw),
+                                Tile::F4 => output_f4(mm, cn * nt, rows, ow, y1 - y0, tw),
+                            }
+                            let off = out_base + co * hw + y0 * ow;
+                            let (res, at) = match residual {
+                                Some((r, at)) => (Some(&r[off..off + rows.len()]), at),
+                                None => (None, AddAt::BeforeAct),
+                            };
+                            cpu::bias_act(rows, bias[co], res, at, act);
+                        }
+                    });
+                });
+            })
+        }
+    }
+
+    /// V[ξ][ci][tile] = (Bᵀ d B)[ξ] for the tiles of tile rows r0..r1 (zero padding).
+    #[allow(clippy::too_many_arguments)]
+    fn input_transform(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        r0: usize,
+        r1: usize,
+        tw: usize,
+        v: &mut [f32],
+        padded: &mut Vec<f32>,
+    ) {
+        let g = InGeom { c_in: self.c_in, h, w, pad: self.padding, r0, r1, tw };
+        match self.tile {
+            Tile::F2 => input_f2(x, g, v, padded),
+            Tile::F4 => input_f4(x, g, v, padded),
+        }
+    }
+}
+
+/// Tiles processed together, one SIMD lane each.
+const L: usize = 16;
+type Lanes = [f32; L];
+/// Up to 6×6 values of L tiles: `blk[i][j][lane]`.
+type Block = [[Lanes; 6]; 6];
+
+#[derive(Clone, Copy)]
+struct InGeom {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    r0: usize,
+    r1: usize,
+    tw: usize,
+}
+
+/// A Winograd variant's 1-D transforms, lane-wise over L tiles (the first α of 6 values
+/// are used). Written out so that no multiplication by 0 or 1 is performed.
+trait Variant {
+    /// Output tile size.
+    const M: usize;
+    /// Input tile size, M + 2.
+    const A: usize;
+    /// `Bᵀ d`.
+    fn bt(d: &[Lanes; 6]) -> [Lanes; 6];
+    /// `Aᵀ m` (first M values).
+    fn at(m: &[Lanes; 6]) -> [Lanes; 6];
+}
+
+struct VF2;
+struct VF4;
+
+impl Variant for VF2 {
+    const M: usize = 2;
+    const A: usize = 4;
+    #[inline(always)]
+    fn bt(d: &[Lanes; 6]) -> [Lanes; 6] {
+        let mut t = [[0f32; L]; 6];
+        for l in 0..L {
+            let (a, b, c, e) = (d[0][l], d[1][l], d[2][l], d[3][l]);
+            t[0][l] = a - c;
+            t[1][l] = b + c;
+            t[2][l] = c - b;
+            t[3][l] = b - e;
+        }
+        t
+    }
+    #[inline(always)]
+    fn at(m: &[Lanes; 6]) -> [Lanes; 6] {
+        let mut y = [[0f32; L]; 6];
+        for l in 0..L {
+            let (a, b, c, e) = (m[0][l], m[1][l], m[2][l], m[3][l]);
+            y[0][l] = a + b + c;
+            y[1][l] = b - c - e;
+        }
+        y
+    }
+}
+
+impl Variant for VF4 {
+    const M: usize = 4;
+    const A: usize = 6;
+    #[inline(always)]
+    fn bt(d: &[Lanes; 6]) -> [Lanes; 6] {
+        let mut t = [[0f32; L]; 6];
+        for l in 0..L {
+            let (d0, d1, d2, d3, d4, d5) = (d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]);
+            t[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+            t[1][l] = -4.0 * (d1 + d2) + (d3 + d4);
+            t[2][l] = 4.0 * (d1 - d2) + (d4 - d3);
+            t[3][l] = 2.0 * (d3 - d1) + (d4 - d2);
+            t[4][l] = 2.0 * (d1 - d3) + (d4 - d2);
+            t[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+        }
+        t
+    }
+    #[inline(always)]
+    fn at(m: &[Lanes; 6]) -> [Lanes; 6] {
+        let mut y = [[0f32; L]; 6];
+        for l in 0..L {
+            let (m0, m1, m2, m3, m4, m5) = (m[0][l], m[1][l], m[2][l], m[3][l], m[4][l], m[5][l]);
+            let (p12, n12, p34, n34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+            y[0][l] = m0 + p12 + p34;
+            y[1][l] = n12 + 2.0 * n34;
+            y[2][l] = p12 + 4.0 * p34;
+            y[3][l] = n12 + 8.0 * n34 + m5;
+        }
+        y
+    }
+}
+
+/// Transposes the first `n`×`n` entries of a block.
+#[inline(always)]
+fn transpose(b: &Block, n: usize) -> Block {
+    let mut t: Block = [[[0f32; L]; 6]; 6];
+    for i in 0..n {
+        for j in 0..n {
+            t[j][i] = b[i][j];
+        }
+    }
+    t
+}
+
+#[inline(always)]
+fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) {
+    let (m, a) = (T::M, T::A);
+    let nt = (g.r1 - g.r0) * g.tw;
+    let plane_stride = g.c_in * nt;
+    // Row copies long enough for a 128-wide window at every chunk.
+    let width = g.tw.div_ceil(L) * L * m + 128;
+    padded.resize(a * width, 0.0);
+    for ci in 0..g.c_in {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ty in g.r0..g.r1 {
+            for i in 0..a {
+                let row = &mut padded[i * width..(i + 1) * width];
+                let yy = (ty * m + i) as isize - g.pad as isize;
+                row.fill(0.0);
+                if yy >= 0 && yy < g.h as isize {
+                    let n = g.w.min(width - g.pad);
+                    row[g.pad..g.pad + n].copy_from_slice(&plane[yy as usize * g.w..yy as usize * g.w + n]);
+                }
+            }
+            for tx0 in (0..g.tw).step_by(L) {
+                let nl = L.min(g.tw - tx0);
+                let mut d: Block = [[[0f32; L]; 6]; 6];
+                for (i, di) in d.iter_mut().enumerate().take(a) {
+                    // Patch column k of lane l is row[l·m + k] (constant offsets in a
+                    // fixed-size window, so the loads vectorise as shuffles).
+                    let row: &[f32; 128] =
+                        padded[i * width + tx0 * m..i * width + tx0 * m + 128].try_into().expect("window");
+                    for (k, dk) in di.iter_mut().enumerate().take(a) {
+                        for (l, v) in dk.iter_mut().enumerate() {
+                            *v = row[l * T::M + k];
+                        }
+                    }
+                }
+                // Bᵀ d B: transform each row, transpose, transform each row again; the
+                // result comes out transposed: d[j][i'] = (Bᵀ d B)[i'][j].
+                for di in d.iter_mut().take(a) {
+                    *di = T::bt(di);
+                }
+                let mut d = transpose(&d, a);
+                for di in d.iter_mut().take(a) {
+                    *di = T::bt(di);
+                }
+                let tile0 = (ty - g.r0) * g.tw + tx0;
+                for i in 0..a {
+                    for j in 0..a {
+                        let off = (i * a + j) * plane_stride + ci * nt + tile0;
+                        if nl == L {
+                            let dst: &mut [f32; L] = (&mut v[off..off + L]).try_into().expect("L lanes");
+                            *dst = d[j][i];
+                        } else {
+                            v[off..off + nl].copy_from_slice(&d[j][i][..nl]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn input_f2_impl(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) {
+    input_impl::<VF2>(x, g, v, padded)
+}
+
+#[inline(always)]
+fn input_f4_impl(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) {
+    input_impl::<VF4>(x, g, v, padded)
+}
+
+simd_dispatch! {
+    fn input_f2(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) => input_f2_impl
+}
+
+simd_dispatch! {
+    fn input_f4(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) => input_f4_impl
+}
+
+/// Writes Aᵀ M A for every tile of one output channel into `rows` (`n_rows` output rows
+/// of width `ow`, starting at a tile row boundary). `mm[ξ·stride + tile]` holds M.
+#[inline(always)]
+fn output_impl<T: Variant>(mm: &[f32], stride: usize, rows: &mut [f32], ow: usize, n_rows: usize, tw: usize) {
+    let (mo, a) = (T::M, T::A);
+    for ty in 0..n_rows.div_ceil(mo) {
+        for tx0 in (0..tw).step_by(L) {
+            let nl = L.min(tw - tx0);
+            let tile0 = ty * tw + tx0;
+            let mut m: Block = [[[0f32; L]; 6]; 6];
+            for (i, mi) in m.iter_mut().enumerate().take(a) {
+                for (j, mij) in mi.iter_mut().enumerate().take(a) {
+                    let off = (i * a + j) * stride + tile0;
+                    if nl == L {
+                        let src: &[f32; L] = mm[off..off + L].try_into().expect("L lanes");
+                        *mij = *src;
+                    } else {
+                        mij[..nl].copy_from_slice(&mm[off..off + nl]);
+                    }
+                }
+            }
+            // Aᵀ M A: transform the rows (over j), transpose, transform again; the result
+            // is transposed back: y[r][c] = (Aᵀ M A)[r][c] after the second transpose.
+            for mi in m.iter_mut().take(a) {
+                *mi = T::at(mi);
+            }
+            let mut m = transpose(&m, a);
+            for mi in m.iter_mut().take(mo) {
+                *mi = T::at(mi);
+            }
+            // m[c][r] = (Aᵀ M A)[r][c].
+            let full = (tx0 + nl) * mo <= ow;
+            for r in 0..mo.min(n_rows - ty * mo) {
+                let dst = &mut rows[(ty * mo + r) * ow..(ty * mo + r + 1) * ow];
+                if full && nl == L {
+                    let dst = &mut dst[tx0 * mo..(tx0 + L) * mo];
+                    for l in 0..L {
+                        for c in 0..mo {
+                            dst[l * mo + c] = m[c][r][l];
+                        }
+                    }
+                } else {
+                    for l in 0..nl {
+                        for c in 0..mo {
+                            if let Some(o) = dst.get_mut((tx0 + l) * mo + c) {
+                                *o = m[c][r][l];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn output_f2_impl(mm: &[f32], stride: usize, rows: &mut [f32], ow: usize, n_rows: usize, tw: usize) {
+    output_impl::<VF2>(mm, stride, rows, ow, n_rows, tw)
+}
+
+#[inline(always)]
+fn output_f4_impl(mm: &[f32], stride: usize, rows: &mut [f32], ow: usize, n_rows: usize, tw: usize) {
+    output_impl::<VF4>(mm, stride, rows, ow, n_rows, tw)
+}
+
+simd_dispatch! {
+    fn output_f2(mm: &[f32], stride: usize, rows: &mut [f32], ow: usize, n_rows: usize, tw: usize) => output_f2_impl
+}
+
+simd_dispatch! {
+    fn output_f4(mm: &[f32], stride: usize, rows: &mut [f32], ow: usize, n_rows: usize, tw: usize) => output_f4_impl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    self.0 ^= self.0 << 13;
+                    self.0 ^= self.0 >> 7;
+                    self.0 ^= self.0 << 17;
+                    (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                })
+                .collect()
+        }
+    }
+
+    /// Direct convolution in f64.
+    fn naive(x: &[f32], wt: &[f32], bias: &[f32], dims: (usize, usize, usize, usize, usize), pad: usize) -> Vec<f32> {
+        let (b, ci, co, h, w) = dims;
+        let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
+        let mut out = vec![0f32; b * co * oh * ow];
+        for n in 0..b {
+            for o in 0..co {
+                for y in 0..oh {
+                    for xx in 0..ow {
+                        let mut s = bias[o] as f64;
+                        for c in 0..ci {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) =
+                                        ((y + ky) as isize - pad as isize, (xx + kx) as isize - pad as isize);
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        s += x[((n * ci + c) * h + iy as usize) * w + ix as usize] as f64
+                                            * wt[((o * ci + c) * 3 + ky) * 3 + kx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[((n * co + o) * oh + y) * ow + xx] = s as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check(tile: Tile, seed: u64, dims: (usize, usize, usize, usize, usize), pad: usize, tol: f32) {
+        let (b, ci, co, h, w) = dims;
+        let mut rng = Rng(seed);
+        let x = rng.vec(b * ci * h * w);
+        let wt = rng.vec(co * ci * 9);
+        let bias = rng.vec(co);
+        let want = naive(&x, &wt, &bias, dims, pad);
+        let wino = Winograd3x3::new(&wt, ci, co, pad, tile);
+        let got = wino.run(&x, &bias, b, h, w, None, Activation::Identity);
+        let scale = (ci as f32 * 9.0).sqrt();
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!((g - e).abs() <= tol * scale, "{tile:?} {dims:?} pad {pad} [{i}]: {g} vs {e}");
+        }
+        // Fused epilogue: the exact convolution followed by the shared epilogue (`Conv2d::run` itself
+        // would take this Winograd path, so it cannot be the reference).
+        let res = rng.vec(want.len());
+        let plane = want.len() / (b * co);
+        let unbiased = naive(&x, &wt, &vec![0.0; co], dims, pad);
+        for (at, act) in [(AddAt::BeforeAct, Activation::Relu), (AddAt::AfterAct, Activation::Silu)] {
+            let got = wino.run(&x, &bias, b, h, w, Some((&res, at)), act);
+            let mut want = unbiased.clone();
+            for (i, row) in want.chunks_exact_mut(plane).enumerate() {
+                cpu::bias_act(row, bias[i % co], Some(&res[i * plane..(i + 1) * plane]), at, act);
+            }
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() <= tol * scale, "{tile:?} {dims:?} epilogue {act:?}: {g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn f2_matches_direct_convolution() {
+        check(Tile::F2, 1, (1, 3, 4, 8, 8), 1, 1e-6);
+        check(Tile::F2, 2, (2, 5, 7, 9, 11), 1, 1e-6);
+        check(Tile::F2, 3, (1, 16, 70, 1, 1), 1, 1e-6);
+        check(Tile::F2, 4, (1, 4, 3, 7, 5), 0, 1e-6);
+        check(Tile::F2, 5, (1, 33, 17, 40, 37), 1, 1e-6);
+        check(Tile::F2, 6, (1, 64, 64, 20, 20), 1, 1e-6);
+    }
+
+    #[test]
+    fn f4_matches_direct_convolution() {
+        check(Tile::F4, 1, (1, 3, 4, 8, 8), 1, 1e-5);
+        check(Tile::F4, 2, (2, 5, 7, 9, 11), 1, 1e-5);
+        check(Tile::F4, 3, (1, 16, 70, 1, 1), 1, 1e-5);
+        check(Tile::F4, 4, (1, 4, 3, 7, 5), 0, 1e-5);
+        check(Tile::F4, 5, (1, 33, 17, 40, 37), 1, 1e-5);
+        check(Tile::F4, 6, (1, 64, 64, 20, 20), 1, 1e-5);
+    }
+}
