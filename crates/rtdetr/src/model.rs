@@ -193,7 +193,6 @@ impl RtDetr {
         let masked = Tensor::from_vec(masked, memory.dims(), memory.device())?;
         let output_memory = self.enc_output_norm.forward(&self.enc_output.forward(&masked)?)?;
         let enc_class = self.enc_score_head.forward(&output_memory)?;
-        let enc_coord = add(&self.enc_bbox_head.forward(&output_memory)?, &anchors)?;
         let classes = enc_class.dim(2)?.max(1);
         let best: Vec<Vec<f32>> = with_f32(&enc_class, |c| {
             let per_image = c.len() / enc_class.dim(0).unwrap_or(1).max(1);
@@ -217,8 +216,11 @@ impl RtDetr {
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::stack(&per_batch, 0)?)
         };
-        let reference_unact = gather(&enc_coord)?;
         let target = gather(&output_memory)?;
+        // The box head is row-wise: running it on the selected rows only gives the reference's
+        // values at a fraction of the cost (300 of ~8400 positions).
+        let anchors = Tensor::cat(&vec![anchors; topk.len()], 0)?;
+        let reference_unact = add(&self.enc_bbox_head.forward(&target)?, &gather(&anchors)?)?;
         if let Some(tr) = tr.as_mut() {
             tr.enc_topk_logits = Some(gather(&enc_class)?);
             tr.enc_topk_boxes = Some(candle_nn::ops::sigmoid(&reference_unact)?);
