@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Per-request deadline in seconds (503 past it).
     #[arg(long, default_value_t = 60)]
     pub request_timeout_secs: u64,
+    /// On SIGTERM, keep the port open at least this long (and until admitted requests finish),
+    /// answering 503 to /health and to new requests, before refusing connections.
+    #[arg(long, default_value_t = 1000)]
+    pub drain_delay_ms: u64,
 }
 
 fn default_served_name(model: &str) -> String {
@@ -96,6 +100,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         max_image_pixels: args.max_image_pixels,
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
+        drain_delay: Duration::from_millis(args.drain_delay_ms),
         decoder_layers: args.model.decoder_layers,
         ..ServerConfig::default()
     }

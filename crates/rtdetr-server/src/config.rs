@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub fetch: FetchConfig,
     /// Longest wait for in-flight requests on shutdown.
     pub shutdown_timeout: Duration,
+    /// On shutdown, how long the listener at least stays open answering 503 (`/health` and new
+    /// requests) before connections are refused, so that load balancers see the replica drain.
+    pub drain_delay: Duration,
     /// Test hook: the batcher sleeps this long before each batch.
     #[doc(hidden)]
     pub test_batch_delay: Option<Duration>,
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             decoder_layers: None,
             fetch: FetchConfig::default(),
             shutdown_timeout: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(1),
             test_batch_delay: None,
         }
     }

@@ -31,7 +31,8 @@ pub struct AppState {
     pub permits: Arc<Semaphore>,
     /// Concurrent image decodes (one per CPU): bounds the memory of full-size decoded images.
     pub decode_slots: Arc<Semaphore>,
-    /// Set once shutdown starts: `/health` and new inference requests answer 503.
+    /// Set once shutdown starts: `/health` and new inference requests answer 503 (the listener
+    /// stays open while admitted work finishes, at least `drain_delay`).
     pub draining: AtomicBool,
     /// Unix time the server started (the model's `created`).
     pub created: u64,
@@ -162,6 +163,30 @@ pub struct RunningServer {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// After the stop signal: keeps accepting connections while admitted requests finish (bounded
+/// by `shutdown_timeout`) and for at least `drain_delay`, with `/health` and new inference
+/// requests answering 503 `shutting_down` (no work done, so a load balancer may retry them on
+/// another replica). Then the HTTP server stops accepting and finishes what is still running
+/// on its connections. Not loaded (e.g. a load failure): no wait.
+async fn wait_drained(state: &AppState) {
+    let start = Instant::now();
+    if !matches!(state.queue.state(), crate::queue::ModelState::Ready(_)) {
+        return;
+    }
+    tracing::info!(
+        drain_delay_ms = state.config.drain_delay.as_millis() as u64,
+        "draining: /health and new requests answer 503; finishing admitted requests"
+    );
+    loop {
+        let idle = state.permits.available_permits() >= state.config.max_queue;
+        let elapsed = start.elapsed();
+        if (idle && elapsed >= state.config.drain_delay) || elapsed >= state.config.shutdown_timeout {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Triggers a graceful shutdown from anywhere (signal handlers, tests).
 #[derive(Clone)]
 pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
@@ -252,6 +277,7 @@ impl RunningServer {
             let graceful = async move {
                 let _ = rx_graceful.wait_for(|s| *s).await;
                 st.draining.store(true, Ordering::SeqCst);
+                wait_drained(&st).await;
                 tracing::info!("shutting down: no new connections, finishing in-flight requests");
             };
             let timeout = state.config.shutdown_timeout;

@@ -553,25 +553,44 @@ async fn disconnected_clients_are_skipped() {
     assert_eq!(t.server.state().permits.available_permits(), t.server.state().config.max_queue);
 }
 
-/// Shutdown: in-flight requests finish, new connections are refused, the server exits.
+/// Shutdown: while in-flight requests finish (and for at least `drain_delay`) the port stays
+/// open and `/health` and new requests answer 503 `shutting_down` (a load balancer retries those
+/// elsewhere); then new connections are refused and the server exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight() {
     let mut cfg = config();
-    cfg.test_batch_delay = Some(Duration::from_millis(500));
+    cfg.test_batch_delay = Some(Duration::from_millis(800));
+    cfg.drain_delay = Duration::from_millis(300);
     let t = start(cfg).await;
     let (http, url, base) = (t.client.clone(), t.url("/v1/detections"), t.base.clone());
     let in_flight = tokio::spawn(async move {
         let r = http.post(url).json(&json!({"image": data_url("gray.png")})).send().await.unwrap();
         split(r).await
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
     let state = t.server.state().clone();
+    let t0 = Instant::now();
+    while state.permits.available_permits() == state.config.max_queue {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the request was not admitted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let shutdown_at = Instant::now();
     t.server.shutdown();
-    let stopped = tokio::time::timeout(Duration::from_secs(10), t.server.wait()).await;
+    let stopped = tokio::spawn(tokio::time::timeout(Duration::from_secs(10), t.server.wait()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Draining: fresh connections are still accepted, and answered 503.
+    let health = client().get(format!("{base}/health")).send().await;
+    let (s, h, v) = split(health.expect("a draining server still accepts connections")).await;
+    assert_eq!((s, error_code(&v).as_str()), (503, "shutting_down"), "/health while draining");
+    assert!(h.get("retry-after").is_some());
+    let fresh =
+        client().post(format!("{base}/v1/detections")).json(&json!({"image": data_url("gray.png")})).send().await;
+    let (s, _, v) = split(fresh.expect("connect while draining")).await;
+    assert_eq!((s, error_code(&v).as_str()), (503, "shutting_down"));
     assert!(state.draining.load(Ordering::SeqCst));
     let (s, _, v) = in_flight.await.unwrap();
     assert_eq!(s, 200, "in-flight request: {v}");
-    assert!(stopped.expect("server did not stop").is_ok());
+    assert!(stopped.await.unwrap().expect("server did not stop").is_ok());
+    assert!(shutdown_at.elapsed() >= Duration::from_millis(300), "stopped before drain_delay");
     assert!(client().get(format!("{base}/health")).send().await.is_err(), "still accepting after shutdown");
 }
 
