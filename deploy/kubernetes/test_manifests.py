@@ -279,6 +279,8 @@ def test_ingress_matches_server_limits(objs):
     nxt = ann["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
     assert "error" in nxt and "http_503" in nxt, "retry on a refused connection / draining replica"
     assert "http_429" not in nxt, "back-pressure (429) must reach the client"
+    assert "http_504" not in nxt, "a passed deadline (504) already took a replica's time: no retry"
+    assert "http_500" not in nxt and "http_502" not in nxt, "only retry where no work was done"
     assert ing["spec"].get("tls"), "API keys travel in headers: TLS required"
     svc = one(objs, "Service")
     for rule in ing["spec"]["rules"]:

@@ -44,7 +44,7 @@ pub struct ServeArgs {
     /// Let image URLs point at loopback, private and link-local addresses (trusted networks and tests only).
     #[arg(long)]
     pub allow_private_urls: bool,
-    /// Per-request deadline in seconds (503 past it).
+    /// Per-request deadline in seconds (504 past it).
     #[arg(long, default_value_t = 60)]
     pub request_timeout_secs: u64,
     /// On SIGTERM, keep the port open at least this long (and until admitted requests finish),

@@ -25,7 +25,7 @@ pub struct ServerConfig {
     pub max_queue: usize,
     pub max_image_pixels: u64,
     pub max_body_bytes: usize,
-    /// Per-request deadline (reading the body, fetching, decoding, queueing, inference): 503 past it.
+    /// Per-request deadline (reading the body, fetching, decoding, queueing, inference): 504 past it.
     pub request_timeout: Duration,
     /// Run only the first N decoder layers.
     pub decoder_layers: Option<usize>,

@@ -33,7 +33,7 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
-    /// Seconds for `Retry-After` (429 and 503).
+    /// Seconds for `Retry-After` (429 and 503; not 504).
     pub retry_after: Option<u64>,
 }
 
@@ -90,11 +90,18 @@ impl ApiError {
         e
     }
 
-    /// 503: model not loaded yet, shutting down, or the request's deadline passed.
+    /// 503: model not loaded yet, or shutting down. No work was done, so a load balancer may
+    /// retry the request on another replica (`proxy_next_upstream http_503`).
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", code, message);
         e.retry_after = Some(1);
         e
+    }
+
+    /// 504: the request's deadline (`--request-timeout-secs`) passed. Not 503: the request
+    /// already took a replica's time, so a load balancer must not retry it elsewhere.
+    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout", message)
     }
 
     /// 500: a bug or an engine failure.

@@ -181,7 +181,7 @@ fn queue_error(e: QueueError) -> ApiError {
 
 fn deadline_error() -> ApiError {
     metrics::counter!(m::REJECTED, "reason" => "deadline").increment(1);
-    ApiError::unavailable("timeout", "the request did not complete within the server's time limit")
+    ApiError::deadline_exceeded("the request did not complete within the server's time limit")
 }
 
 /// One image's outcome.
@@ -299,7 +299,8 @@ where
         (status = 415, description = "Unsupported Content-Type or non-image media", body = ErrorResponse),
         (status = 422, description = "Invalid parameter", body = ErrorResponse),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorResponse),
-        (status = 503, description = "Not ready, shutting down, or deadline exceeded", body = ErrorResponse),
+        (status = 503, description = "Not ready or shutting down (no work done: safe to retry elsewhere)", body = ErrorResponse),
+        (status = 504, description = "The request's deadline passed (`timeout`)", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
@@ -472,7 +473,8 @@ fn collect_images(messages: &[ChatMessage]) -> ApiResult<Vec<ImageSource>> {
         (status = 415, description = "Unsupported Content-Type or non-image media", body = ErrorResponse),
         (status = 422, description = "Invalid parameter", body = ErrorResponse),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorResponse),
-        (status = 503, description = "Not ready, shutting down, or deadline exceeded", body = ErrorResponse),
+        (status = 503, description = "Not ready or shutting down (no work done: safe to retry elsewhere)", body = ErrorResponse),
+        (status = 504, description = "The request's deadline passed (`timeout`)", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]

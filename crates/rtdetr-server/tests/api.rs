@@ -511,18 +511,22 @@ async fn full_queue_is_429() {
     assert_eq!(s, 200);
 }
 
-/// The per-request deadline answers 503 in OpenAI's shape.
+/// The per-request deadline answers 504 in OpenAI's shape: not 503, which load balancers retry
+/// on another replica (the request already took this replica's time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadline_is_503() {
+async fn deadline_is_504() {
     let mut cfg = config();
     cfg.request_timeout = Duration::from_millis(300);
     cfg.test_batch_delay = Some(Duration::from_millis(1000));
     let t = start(cfg).await;
     let start = Instant::now();
     let (s, h, v) = t.post_json("/v1/detections", &json!({"image": data_url("gray.png")})).await;
-    assert_eq!((s, error_code(&v).as_str()), (503, "timeout"), "{v}");
-    assert!(h.get("retry-after").is_some());
+    assert_eq!((s, error_code(&v).as_str()), (504, "timeout"), "{v}");
+    assert_eq!(v["error"]["type"], "server_error");
+    assert!(h.get("retry-after").is_none(), "no Retry-After on a passed deadline");
     assert!(start.elapsed() < Duration::from_millis(900));
+    let (s, _, v) = t.post_json("/v1/chat/completions", &chat_body(&[data_url("gray.png")], json!({}))).await;
+    assert_eq!((s, error_code(&v).as_str()), (504, "timeout"), "{v}");
 }
 
 /// A client that goes away before inference does not cost a forward pass.
