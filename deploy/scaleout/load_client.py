@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--sigterm-pid", type=int)
     ap.add_argument("--sigterm-after", type=int, default=100)
     ap.add_argument("--health-url", help="the SIGTERMed replica's /health, polled directly")
+    ap.add_argument("--metrics-url", help="the SIGTERMed replica's /metrics, scraped while it drains")
     ap.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
     ap.add_argument("--deadline", type=float, default=300.0, help="whole run, seconds")
     ap.add_argument("--out", required=True)
@@ -63,6 +64,7 @@ def main():
     results = [None] * args.requests
     sigterm = {"at": None, "after_index": None}
     health = []  # (seconds since SIGTERM, status or "refused"/"error")
+    drain_metrics = {"text": None, "at": None}  # the SIGTERMed replica's last /metrics while draining
     stop_health = threading.Event()
     start = time.monotonic()
     deadline = start + args.deadline
@@ -80,6 +82,15 @@ def main():
                 c.close()
                 health.append((round(t, 3), r.status))
                 refused_in_a_row = 0
+                if args.metrics_url and r.status == 503:
+                    m = urllib.parse.urlsplit(args.metrics_url)
+                    c = http.client.HTTPConnection(m.hostname, m.port, timeout=1.0)
+                    c.request("GET", m.path or "/metrics")
+                    mr = c.getresponse()
+                    text = mr.read().decode(errors="replace")
+                    c.close()
+                    if mr.status == 200:
+                        drain_metrics["text"], drain_metrics["at"] = text, round(t, 3)
             except ConnectionRefusedError:
                 health.append((round(t, 3), "refused"))
                 refused_in_a_row += 1
@@ -113,6 +124,8 @@ def main():
                 continue
             t0 = time.monotonic()
             rec = {"index": i, "sent_at": round(t0 - start, 3)}
+            if sigterm["at"] is not None and sigterm["at"] > 0:
+                rec["sent_after_sigterm_s"] = round(t0 - sigterm["at"], 3)
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(lb.hostname, lb.port, timeout=args.timeout)
@@ -176,6 +189,19 @@ def main():
     by_upstream = {}
     for r in ok:
         by_upstream[r.get("upstream") or "?"] = by_upstream.get(r.get("upstream") or "?", 0) + 1
+
+    def final_upstream(r):  # nginx lists every replica it tried; the last one answered
+        return (r.get("upstream") or "?").split(",")[-1].strip()
+
+    # Answered after SIGTERM although sent before it: in-flight work the draining replica (or
+    # the other one) finished. Sent after SIGTERM: new work, which must go to the other replica.
+    drained, new_work = {}, {}
+    for r in ok:
+        u = final_upstream(r)
+        if r.get("after_sigterm") and "sent_after_sigterm_s" not in r:
+            drained[u] = drained.get(u, 0) + 1
+        if r.get("sent_after_sigterm_s", -1) > 0.5:
+            new_work[u] = new_work.get(u, 0) + 1
     distinct = {r["detections"] for r in ok}
     lat = sorted(r["latency_s"] for r in ok)
     health_summary = {}
@@ -184,11 +210,14 @@ def main():
     report = {
         "requests": args.requests, "concurrency": args.concurrency, "wall_s": round(wall, 2),
         "by_status": by_status, "by_upstream_header": by_upstream,
+        "in_flight_at_sigterm_answered_by": drained,
+        "sent_over_0.5s_after_sigterm_answered_by": new_work,
         "distinct_detection_results": len(distinct),
         "p50_s": round(statistics.median(lat), 4) if lat else None,
         "p99_s": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 4) if lat else None,
         "sigterm_after_answers": sigterm["after_index"],
         "health_after_sigterm": health_summary, "health_timeline": health[:200],
+        "sigtermed_metrics_last": drain_metrics["text"], "sigtermed_metrics_at_s": drain_metrics["at"],
         "failures": [{k: v for k, v in r.items() if k != "detections"} for r in bad][:20],
         "with_request_id": sum(1 for r in ok if r.get("request_id")),
     }
@@ -199,6 +228,8 @@ def main():
     print(f"-- answered by (X-Upstream-Addr): {by_upstream}", flush=True)
     print(f"-- distinct detection results: {len(distinct)}; responses with X-Request-Id: "
           f"{report['with_request_id']}/{len(ok)}", flush=True)
+    print(f"-- in flight at SIGTERM, answered by: {drained}; sent > 0.5 s after SIGTERM, answered by: "
+          f"{new_work}", flush=True)
     if args.health_url:
         print(f"-- SIGTERMed replica's /health after SIGTERM: {health_summary}", flush=True)
     for r in report["failures"]:
