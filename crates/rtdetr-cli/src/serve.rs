@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use rtdetr_server::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_PIXELS};
+use rtdetr_server::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_STREAMS_PER_KEY};
 use rtdetr_server::{ApiKeys, RunningServer, ServerConfig};
 
 use crate::ModelArgs;
@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// answering 503 to /health and to new requests, before refusing connections.
     #[arg(long, default_value_t = 1000)]
     pub drain_delay_ms: u64,
+    /// Most concurrent /v1/stream WebSocket connections per API key (shared by all clients
+    /// when no key is set); more get 429.
+    #[arg(long, default_value_t = DEFAULT_MAX_STREAMS_PER_KEY)]
+    pub max_streams_per_key: usize,
 }
 
 fn default_served_name(model: &str) -> String {
@@ -102,6 +106,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         drain_delay: Duration::from_millis(args.drain_delay_ms),
         decoder_layers: args.model.decoder_layers,
+        max_streams_per_key: args.max_streams_per_key,
         ..ServerConfig::default()
     }
     .allow_private_urls(args.allow_private_urls);

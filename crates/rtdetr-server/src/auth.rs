@@ -64,6 +64,36 @@ impl ApiKeys {
     }
 }
 
+impl ApiKeys {
+    /// Which key a client presents, from the `Authorization: Bearer` header or, when that
+    /// header is absent, from a query parameter (`?api_key=`, for browsers' WebSockets, which
+    /// cannot set headers). `Ok(None)` when no keys are configured, `Ok(Some(index))` for a
+    /// valid key. Every key is compared in constant time, without early exit.
+    pub fn identify(
+        &self,
+        authorization: Option<&[u8]>,
+        query_key: Option<&[u8]>,
+    ) -> Result<Option<usize>, &'static str> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let token = match (authorization, query_key) {
+            (Some(value), _) => strip_bearer(value).ok_or("malformed Authorization header: expected `Bearer YOUR_KEY`")?,
+            (None, Some(key)) => key,
+            (None, None) => {
+                return Err("missing API key: send the header `Authorization: Bearer YOUR_KEY` or the query parameter `?api_key=YOUR_KEY`")
+            }
+        };
+        let mut found = None;
+        for (i, key) in self.keys.iter().enumerate() {
+            if bool::from(ct_eq(key, token)) {
+                found = Some(i);
+            }
+        }
+        found.map(Some).ok_or("incorrect API key provided")
+    }
+}
+
 fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
     let trimmed = value.trim_ascii();
     if trimmed.len() < 7 || !trimmed[..7].eq_ignore_ascii_case(b"bearer ") {
@@ -100,5 +130,11 @@ mod tests {
         assert!(k.check(None).is_err());
         assert!(!format!("{k:?}").contains("alpha"));
         assert!(ApiKeys::new(Vec::<String>::new()).check(None).is_ok());
+        assert_eq!(k.identify(Some(b"Bearer beta"), None), Ok(Some(1)));
+        assert_eq!(k.identify(None, Some(b"gamma")), Ok(Some(2)));
+        assert!(k.identify(Some(b"Bearer nope"), Some(b"alpha")).is_err(), "the header wins over the query");
+        assert!(k.identify(None, Some(b"alph")).is_err());
+        assert!(k.identify(None, None).is_err());
+        assert_eq!(ApiKeys::new(Vec::<String>::new()).identify(None, None), Ok(None));
     }
 }

@@ -9,6 +9,8 @@ use crate::fetch::{AddressPolicy, FetchConfig};
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
 /// Default request body limit: 20 MiB (base64 inflates images by a third).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+/// Default concurrent WebSocket streams per API key.
+pub const DEFAULT_MAX_STREAMS_PER_KEY: usize = 4;
 /// Most images in one request.
 pub const MAX_IMAGES_PER_REQUEST: usize = 16;
 
@@ -36,6 +38,9 @@ pub struct ServerConfig {
     /// On shutdown, how long the listener at least stays open answering 503 (`/health` and new
     /// requests) before connections are refused, so that load balancers see the replica drain.
     pub drain_delay: Duration,
+    /// Most concurrent `/v1/stream` WebSocket connections per API key (all clients share one
+    /// allowance when no key is configured); beyond it the upgrade is refused with 429.
+    pub max_streams_per_key: usize,
     /// Test hook: the batcher sleeps this long before each batch.
     #[doc(hidden)]
     pub test_batch_delay: Option<Duration>,
@@ -56,6 +61,7 @@ impl Default for ServerConfig {
             fetch: FetchConfig::default(),
             shutdown_timeout: Duration::from_secs(30),
             drain_delay: Duration::from_secs(1),
+            max_streams_per_key: DEFAULT_MAX_STREAMS_PER_KEY,
             test_batch_delay: None,
         }
     }
@@ -84,6 +90,9 @@ impl ServerConfig {
         }
         if self.max_body_bytes < 1024 {
             return Err("--max-body-bytes must be at least 1024".into());
+        }
+        if self.max_streams_per_key == 0 {
+            return Err("--max-streams-per-key must be at least 1".into());
         }
         if self.request_timeout.is_zero() {
             return Err("--request-timeout-secs must be at least 1".into());

@@ -27,6 +27,7 @@ pub mod openapi;
 pub mod pages;
 pub mod queue;
 pub mod server;
+pub mod stream;
 pub mod types;
 
 pub use auth::ApiKeys;

@@ -8,6 +8,8 @@
 //! - `rtdetr_inference_duration_seconds` histogram (one forward pass + post-processing)
 //! - `rtdetr_queue_wait_seconds` histogram (per image, enqueue to batch start)
 //! - `rtdetr_decode_duration_seconds` histogram (per image: base64/URL bytes to preprocessed pixels)
+//! - `rtdetr_stream_connections` gauge (open `/v1/stream` WebSockets)
+//! - `rtdetr_stream_frames_total{outcome}` counter (`processed`, `dropped`, `error`)
 //! - `rtdetr_images_total`, `rtdetr_detections_total`, `rtdetr_rejected_total{reason}` counters
 
 use std::sync::OnceLock;
@@ -25,6 +27,8 @@ pub const DECODE_DURATION: &str = "rtdetr_decode_duration_seconds";
 pub const IMAGES: &str = "rtdetr_images_total";
 pub const DETECTIONS: &str = "rtdetr_detections_total";
 pub const REJECTED: &str = "rtdetr_rejected_total";
+pub const STREAM_CONNECTIONS: &str = "rtdetr_stream_connections";
+pub const STREAM_FRAMES: &str = "rtdetr_stream_frames_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -70,6 +74,8 @@ fn describe() {
     describe_counter!(IMAGES, "Images processed");
     describe_counter!(DETECTIONS, "Detections returned");
     describe_counter!(REJECTED, "Requests rejected before inference, by reason");
+    describe_gauge!(STREAM_CONNECTIONS, "Open /v1/stream WebSocket connections");
+    describe_counter!(STREAM_FRAMES, "Frames received on /v1/stream, by outcome (processed, dropped, error)");
 }
 
 /// Renders the Prometheus text format.

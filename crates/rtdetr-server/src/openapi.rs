@@ -38,6 +38,7 @@ Every response carries an `x-request-id` header."
     paths(
         handlers::chat_completions,
         handlers::detections,
+        crate::stream::stream,
         handlers::list_models,
         handlers::get_model,
         handlers::health,

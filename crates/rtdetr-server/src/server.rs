@@ -21,7 +21,8 @@ use tracing::Instrument;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::queue::{InferenceQueue, ModelLoader, QueueConfig};
-use crate::{handlers, metrics as m, openapi, pages};
+use crate::stream::StreamRegistry;
+use crate::{handlers, metrics as m, openapi, pages, stream};
 
 /// Shared by every handler.
 pub struct AppState {
@@ -36,6 +37,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Unix time the server started (the model's `created`).
     pub created: u64,
+    /// Open `/v1/stream` WebSockets (per-key limit, closed on shutdown).
+    pub streams: Arc<StreamRegistry>,
 }
 
 /// The id of a request (`x-request-id`, generated when absent), in request extensions.
@@ -54,6 +57,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .merge(api)
+        // Its own auth (header or `?api_key=`), checked before the upgrade.
+        .route("/v1/stream", get(stream::stream))
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics_endpoint))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -226,6 +231,7 @@ impl RunningServer {
                 test_batch_delay: config.test_batch_delay,
             },
         );
+        let config_streams = config.max_streams_per_key;
         let state = Arc::new(AppState {
             permits: Arc::new(Semaphore::new(config.max_queue)),
             decode_slots: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
@@ -233,6 +239,7 @@ impl RunningServer {
             queue,
             draining: AtomicBool::new(false),
             created: handlers::unix_now(),
+            streams: StreamRegistry::new(config_streams),
         });
         let (stop_tx, _) = watch::channel(false);
         let stop = Arc::new(stop_tx);
@@ -277,6 +284,8 @@ impl RunningServer {
             let graceful = async move {
                 let _ = rx_graceful.wait_for(|s| *s).await;
                 st.draining.store(true, Ordering::SeqCst);
+                // Upgraded WebSockets are not tracked by the HTTP server: close them (1001).
+                st.streams.shutdown();
                 wait_drained(&st).await;
                 tracing::info!("shutting down: no new connections, finishing in-flight requests");
             };
@@ -290,6 +299,9 @@ impl RunningServer {
                 tokio::select! {
                     r = serve => r?,
                     _ = hard_stop => tracing::warn!("requests still running after {timeout:?}; stopping anyway"),
+                }
+                if !state.streams.wait_closed(Duration::from_secs(5)).await {
+                    tracing::warn!(open = state.streams.open_streams(), "streams still open after shutdown");
                 }
                 let queue = state.queue.clone();
                 let _ = tokio::task::spawn_blocking(move || queue.close(timeout)).await;

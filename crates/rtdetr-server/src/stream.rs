@@ -1,0 +1,609 @@
+//! `GET /v1/stream`: live detection over a WebSocket.
+//!
+//! Protocol (see the README's API section):
+//! - Auth before the upgrade, as the rest of the API (`Authorization: Bearer KEY`) or with
+//!   `?api_key=KEY` (browsers cannot set headers on a WebSocket): 401 without a valid key,
+//!   426 for a plain HTTP request, 503 while loading or draining, 429 above
+//!   `--max-streams-per-key` open streams for that key.
+//! - The client sends binary messages (JPEG/PNG/WebP/BMP/GIF bytes), numbered 0, 1, 2, ... in
+//!   the order received, and may send text messages with options
+//!   `{"threshold","classes","max_detections"}` (validated like the HTTP endpoints; each
+//!   message replaces the options for the frames that follow; answered
+//!   `{"options":{...}}`, or `{"error":{...}}` leaving the previous options in place).
+//! - Every frame number is answered exactly once, in order: `{"frame","width","height",
+//!   "detections","latency_ms"}`, `{"frame","dropped":true}` or `{"frame","error":{...}}`.
+//! - Latest frame wins: one frame per connection is in inference at a time, and only the
+//!   newest waiting frame is kept; the frames it supersedes are answered `dropped`.
+//! - A frame above `--max-body-bytes` is answered with the error `frame_too_large` (the
+//!   connection stays open); a message above twice that limit is not read at all: the
+//!   connection is closed with code 1009 (message too big).
+//! - Answers go through a bounded buffer per connection; while it is full the connection
+//!   reads no more frames, and a client that has not read for [`WRITE_TIMEOUT`] is
+//!   disconnected, so it never holds up other connections or the inference queue.
+//! - On shutdown every stream is closed with code 1001 (going away).
+//!
+//! Frames go through the same decode ([`decode_and_prepare`]), admission slots and batching
+//! [`InferenceQueue`](crate::queue::InferenceQueue) as HTTP requests, so streams and HTTP
+//! requests share forward passes. No tensor code here.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use rtdetr::{DetectOptions, Detection};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{ApiError, ApiResult};
+use crate::input::decode_and_prepare;
+use crate::metrics as m;
+use crate::queue::{InferenceRequest, ModelInfo, ModelState, QueueError};
+use crate::server::AppState;
+use crate::types::DetectParams;
+
+/// Answers buffered per connection before the client counts as not reading.
+pub const OUT_BUFFER: usize = 64;
+/// Longest time one write to the client may block before the connection is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answers held back (to keep them in frame order) while a frame is in inference; a client
+/// that sends more frames than this during one inference is disconnected (1008).
+pub const MAX_HELD: usize = 1024;
+
+/// Open streams per API key, and the shutdown signal for all of them.
+pub struct StreamRegistry {
+    max_per_key: usize,
+    open: Mutex<HashMap<Option<usize>, usize>>,
+    live: watch::Sender<usize>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl StreamRegistry {
+    pub fn new(max_per_key: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_per_key: max_per_key.max(1),
+            open: Mutex::default(),
+            live: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Open stream connections.
+    pub fn open_streams(&self) -> usize {
+        *self.live.borrow()
+    }
+
+    /// Takes a slot for `key` (`None`: no keys configured), or `None` when it has
+    /// `max_per_key` streams open.
+    fn try_open(self: &Arc<Self>, key: Option<usize>) -> Option<StreamSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max_per_key {
+            return None;
+        }
+        *n += 1;
+        drop(open);
+        self.live.send_modify(|n| *n += 1);
+        metrics::gauge!(m::STREAM_CONNECTIONS).set(self.open_streams() as f64);
+        Some(StreamSlot { registry: self.clone(), key })
+    }
+
+    /// Asks every open stream to close (1001) and refuses new ones.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until every stream has closed, at most `timeout`.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        let mut rx = self.live.subscribe();
+        let closed = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+        matches!(closed, Ok(Ok(_)))
+    }
+}
+
+/// One open stream, released on drop.
+struct StreamSlot {
+    registry: Arc<StreamRegistry>,
+    key: Option<usize>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.registry.open.lock() {
+            if let Some(n) = open.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&self.key);
+                }
+            }
+        }
+        self.registry.live.send_modify(|n| *n = n.saturating_sub(1));
+        metrics::gauge!(m::STREAM_CONNECTIONS).set(self.registry.open_streams() as f64);
+    }
+}
+
+fn query_api_key(uri: &Uri) -> Option<String> {
+    let q = uri.query()?;
+    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "api_key").map(|(_, v)| v.into_owned())
+}
+
+/// Upgrade to a stream (see the module docs for the protocol).
+#[utoipa::path(
+    get,
+    path = "/v1/stream",
+    tag = "detection",
+    description = "WebSocket: send image frames as binary messages (and options as JSON text messages), \
+receive one JSON answer per frame: `{\"frame\",\"width\",\"height\",\"detections\",\"latency_ms\"}`, \
+`{\"frame\",\"dropped\":true}` when a newer frame superseded it (latest frame wins), or `{\"frame\",\"error\"}`. \
+See the README for the full protocol.",
+    params(("api_key" = Option<String>, Query, description = "API key, for clients that cannot send the Authorization header (browsers)")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+        (status = 426, description = "Not a WebSocket upgrade request", body = crate::error::ErrorResponse),
+        (status = 429, description = "Too many open streams for this API key; see Retry-After", body = crate::error::ErrorResponse),
+        (status = 503, description = "Not ready or shutting down", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []), ())
+)]
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match open(state, &headers, &uri, ws) {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn open(
+    state: Arc<AppState>,
+    headers: &HeaderMap,
+    uri: &Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let query_key = query_api_key(uri);
+    let key = state
+        .config
+        .api_keys
+        .identify(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()), query_key.as_deref().map(str::as_bytes))
+        .map_err(|msg| {
+            metrics::counter!(m::REJECTED, "reason" => "unauthorized").increment(1);
+            ApiError::unauthorized(msg)
+        })?;
+    let ws = ws.map_err(|e| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "invalid_request_error",
+            "websocket_required",
+            format!("/v1/stream is a WebSocket endpoint: {}", e.body_text()),
+        )
+    })?;
+    if state.draining.load(Ordering::Relaxed) || *state.streams.shutdown.borrow() {
+        return Err(ApiError::unavailable("shutting_down", "the server is shutting down"));
+    }
+    let info = match state.queue.state() {
+        ModelState::Ready(info) => info,
+        ModelState::Loading => {
+            return Err(ApiError::unavailable("not_ready", "the model is still loading; retry shortly"))
+        }
+        ModelState::Failed(_) => return Err(ApiError::unavailable("model_unavailable", "the model failed to load")),
+    };
+    let limit = state.config.max_streams_per_key;
+    let slot = state.streams.try_open(key).ok_or_else(|| {
+        metrics::counter!(m::REJECTED, "reason" => "too_many_streams").increment(1);
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "too_many_streams",
+            format!("this API key already has {limit} open streams (--max-streams-per-key); close one first"),
+        );
+        e.retry_after = Some(1);
+        e
+    })?;
+    let hard_limit = state.config.max_body_bytes.saturating_mul(2);
+    Ok(ws
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| run(socket, state, info, slot)))
+}
+
+/// One frame's answer.
+#[derive(Serialize)]
+struct FrameAnswer {
+    frame: u64,
+    width: u32,
+    height: u32,
+    detections: Vec<Detection>,
+    /// Frame received to answer ready (decode, queue, inference), in milliseconds.
+    latency_ms: f64,
+}
+
+type Outcome = Result<FrameAnswer, ApiError>;
+
+struct InFlight {
+    frame: u64,
+    fut: Pin<Box<dyn Future<Output = Outcome> + Send>>,
+}
+
+struct PendingFrame {
+    frame: u64,
+    bytes: Bytes,
+    options: DetectOptions,
+    received: Instant,
+}
+
+/// Why the connection ends.
+enum End {
+    /// The client closed or went away.
+    Client,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// The client does not read: drop the connection without a close frame.
+    Abort,
+}
+
+struct Conn {
+    state: Arc<AppState>,
+    info: Arc<ModelInfo>,
+    out: mpsc::Sender<Message>,
+    next_frame: u64,
+    options: DetectOptions,
+    in_flight: Option<InFlight>,
+    pending: Option<PendingFrame>,
+    /// Answers for frames newer than the one in inference, sent after it (frame order).
+    held: VecDeque<(u64, String)>,
+}
+
+fn frame_error(frame: u64, e: &ApiError) -> String {
+    json!({"frame": frame, "error": e.body().error}).to_string()
+}
+
+impl Conn {
+    /// Queues a message for the writer, waiting while its buffer is full (the connection
+    /// then reads no more frames); `Err` when the client has not read for [`WRITE_TIMEOUT`].
+    async fn send(&mut self, text: String) -> Result<(), End> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.out.send(Message::Text(Utf8Bytes::from(text)))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Client),
+            Err(_) => {
+                tracing::info!("stream client does not read its answers: disconnecting");
+                metrics::counter!(m::REJECTED, "reason" => "stream_slow_reader").increment(1);
+                Err(End::Abort)
+            }
+        }
+    }
+
+    /// Sends a frame's answer now, or after the frame in inference (to keep frame order).
+    async fn answer(&mut self, frame: u64, text: String) -> Result<(), End> {
+        if self.in_flight.is_some() {
+            if self.held.len() >= MAX_HELD {
+                return Err(End::Close(close_code::POLICY, "too many frames sent during one inference"));
+            }
+            self.held.push_back((frame, text));
+            Ok(())
+        } else {
+            self.send(text).await
+        }
+    }
+
+    async fn on_frame(&mut self, bytes: Bytes) -> Result<(), End> {
+        let frame = self.next_frame;
+        self.next_frame += 1;
+        let limit = self.state.config.max_body_bytes;
+        if bytes.len() > limit {
+            metrics::counter!(m::STREAM_FRAMES, "outcome" => "error").increment(1);
+            let e = ApiError::too_large(
+                "frame_too_large",
+                format!("the frame is {} bytes, above this server's limit of {limit} bytes", bytes.len()),
+            );
+            return self.answer(frame, frame_error(frame, &e)).await;
+        }
+        let new = PendingFrame { frame, bytes, options: self.options.clone(), received: Instant::now() };
+        if self.in_flight.is_none() {
+            self.start(new);
+            return Ok(());
+        }
+        if let Some(old) = self.pending.replace(new) {
+            metrics::counter!(m::STREAM_FRAMES, "outcome" => "dropped").increment(1);
+            self.answer(old.frame, json!({"frame": old.frame, "dropped": true}).to_string()).await?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, p: PendingFrame) {
+        let fut = process(self.state.clone(), self.info.clone(), p.bytes, p.options, p.received, p.frame);
+        self.in_flight = Some(InFlight { frame: p.frame, fut: Box::pin(fut) });
+    }
+
+    async fn on_done(&mut self, frame: u64, outcome: Outcome) -> Result<(), End> {
+        self.in_flight = None;
+        let text = match outcome {
+            Ok(answer) => {
+                metrics::counter!(m::STREAM_FRAMES, "outcome" => "processed").increment(1);
+                serde_json::to_string(&answer)
+                    .unwrap_or_else(|e| frame_error(frame, &ApiError::internal(e.to_string())))
+            }
+            Err(e) => {
+                metrics::counter!(m::STREAM_FRAMES, "outcome" => "error").increment(1);
+                frame_error(frame, &e)
+            }
+        };
+        self.send(text).await?;
+        let next = self.pending.take();
+        let upto = next.as_ref().map_or(u64::MAX, |p| p.frame);
+        while self.held.front().is_some_and(|(n, _)| *n < upto) {
+            if let Some((_, text)) = self.held.pop_front() {
+                self.send(text).await?;
+            }
+        }
+        if let Some(p) = next {
+            self.start(p);
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let msg = match parse_options(text, &self.info.labels, self.state.config.decoder_layers) {
+            Ok(options) => {
+                let classes = options
+                    .classes
+                    .as_ref()
+                    .map(|ids| ids.iter().filter_map(|&i| self.info.labels.get(i).cloned()).collect::<Vec<_>>());
+                let ack = json!({"options": {
+                    "threshold": options.threshold,
+                    "max_detections": options.max_detections,
+                    "classes": classes,
+                }});
+                self.options = options;
+                ack
+            }
+            Err(e) => json!({"error": e.body().error}),
+        };
+        self.send(msg.to_string()).await
+    }
+}
+
+/// Parses an options message: a JSON object with only `threshold`, `classes` and
+/// `max_detections` (each optional, omitted ones take their defaults).
+fn parse_options(text: &str, labels: &[String], decoder_layers: Option<usize>) -> ApiResult<DetectOptions> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the options message is not valid JSON: {e}")))?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::bad_request("invalid_json", "the options message must be a JSON object"));
+    };
+    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "threshold" | "classes" | "max_detections")) {
+        return Err(ApiError::invalid_param(
+            k.clone(),
+            format!("unknown option {k:?}; the options are threshold, classes and max_detections"),
+        ));
+    }
+    let params: DetectParams = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid_param(path.clone(), format!("{path}: {}", e.inner()))
+    })?;
+    params.to_options(labels, decoder_layers)
+}
+
+fn queue_error(e: QueueError) -> ApiError {
+    match e {
+        QueueError::Full => {
+            metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
+            ApiError::queue_full()
+        }
+        QueueError::Closed => ApiError::unavailable("shutting_down", "the server is shutting down"),
+        QueueError::DeadlineExceeded => timeout_error(),
+        QueueError::Failed(msg) => ApiError::internal(format!("inference failed: {msg}")),
+    }
+}
+
+fn timeout_error() -> ApiError {
+    metrics::counter!(m::REJECTED, "reason" => "deadline").increment(1);
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "server_error",
+        "timeout",
+        "the frame did not complete within the server's time limit",
+    )
+}
+
+/// Decode (blocking pool, one admission slot) and inference (the shared queue) of one frame.
+async fn process(
+    state: Arc<AppState>,
+    info: Arc<ModelInfo>,
+    bytes: Bytes,
+    options: DetectOptions,
+    received: Instant,
+    frame: u64,
+) -> Outcome {
+    let deadline = tokio::time::Instant::from_std(received) + state.config.request_timeout;
+    let work = async {
+        let _permit = state.permits.clone().try_acquire_owned().map_err(|_| queue_error(QueueError::Full))?;
+        metrics::gauge!(m::IN_FLIGHT).set((state.config.max_queue - state.permits.available_permits()) as f64);
+        let slot = state
+            .decode_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))?;
+        let max_pixels = state.config.max_image_pixels;
+        let prepared =
+            tokio::task::spawn_blocking(move || decode_and_prepare(&bytes, max_pixels, &info.preprocessor, false))
+                .await
+                .map_err(|_| ApiError::internal("the image decoding task failed"))??;
+        drop(slot);
+        metrics::histogram!(m::DECODE_DURATION).record(prepared.decode_time.as_secs_f64());
+        let (width, height) = prepared.image_size;
+        let rx = state
+            .queue
+            .submit(InferenceRequest {
+                pixels: prepared.pixels,
+                input_size: prepared.input_size,
+                image_size: prepared.image_size,
+                options,
+                deadline: deadline.into_std(),
+            })
+            .map_err(queue_error)?;
+        let result = rx
+            .await
+            .map_err(|_| ApiError::unavailable("shutting_down", "the inference queue stopped"))?
+            .map_err(queue_error)?;
+        metrics::counter!(m::DETECTIONS).increment(result.detections.len() as u64);
+        let latency_ms = (received.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        Ok(FrameAnswer { frame, width, height, detections: result.detections, latency_ms })
+    };
+    tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| Err(timeout_error()))
+}
+
+async fn in_flight_done(f: &mut Option<InFlight>) -> (u64, Outcome) {
+    match f {
+        Some(x) => {
+            let outcome = x.fut.as_mut().await;
+            (x.frame, outcome)
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends queued answers; gives up (dropping the connection) on a write blocked for
+/// [`WRITE_TIMEOUT`] or an error. Closes the socket when the queue is closed.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
+    while let Some(msg) = rx.recv().await {
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!("stream client does not read its answers: disconnecting");
+                metrics::counter!(m::REJECTED, "reason" => "stream_slow_reader").increment(1);
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+}
+
+/// A read error: 1009 for a message above the WebSocket limit, else a protocol error.
+fn read_error_close(e: axum::Error) -> End {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            End::Close(close_code::SIZE, "message too big: above twice the server's --max-body-bytes")
+        }
+        Some(tungstenite::Error::Protocol(_)) => End::Close(close_code::PROTOCOL, "WebSocket protocol error"),
+        _ => End::Client,
+    }
+}
+
+async fn run(socket: WebSocket, state: Arc<AppState>, info: Arc<ModelInfo>, slot: StreamSlot) {
+    let (sink, mut incoming) = socket.split();
+    let (out, out_rx) = mpsc::channel::<Message>(OUT_BUFFER);
+    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let mut shutdown = state.streams.shutdown.subscribe();
+    tracing::info!(open = state.streams.open_streams(), "stream opened");
+    let mut conn = Conn {
+        state: state.clone(),
+        info,
+        out,
+        next_frame: 0,
+        options: DetectOptions { decoder_layers: state.config.decoder_layers, ..DetectOptions::default() },
+        in_flight: None,
+        pending: None,
+        held: VecDeque::new(),
+    };
+    let end = loop {
+        let step = tokio::select! {
+            _ = async {
+                // (the `Ref` it returns must not live across the handlers' awaits)
+                let _ = shutdown.wait_for(|s| *s).await;
+            } => Err(End::Close(close_code::AWAY, "the server is shutting down")),
+            _ = conn.out.closed() => Err(End::Client),
+            (frame, outcome) = in_flight_done(&mut conn.in_flight) => conn.on_done(frame, outcome).await,
+            msg = incoming.next() => match msg {
+                Some(Ok(Message::Binary(bytes))) => conn.on_frame(bytes).await,
+                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                Some(Ok(Message::Close(_))) | None => Err(End::Client),
+                Some(Err(e)) => Err(read_error_close(e)),
+            },
+        };
+        if let Err(end) = step {
+            break end;
+        }
+    };
+    // Frames not started are not run; a frame in inference is skipped by the batcher.
+    conn.in_flight = None;
+    conn.pending = None;
+    let frames = conn.next_frame;
+    match end {
+        End::Abort => writer.abort(),
+        End::Client | End::Close(..) => {
+            if let End::Close(code, reason) = end {
+                let _ = conn.out.try_send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) })));
+            }
+            drop(conn);
+            if tokio::time::timeout(WRITE_TIMEOUT, writer).await.is_err() {
+                tracing::debug!("stream writer did not finish");
+            }
+        }
+    }
+    drop(incoming);
+    drop(slot);
+    tracing::info!(frames, "stream closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_messages() {
+        let labels: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
+        let o = parse_options(r#"{"threshold":0.3,"classes":["dog"],"max_detections":5}"#, &labels, None).unwrap();
+        assert_eq!((o.threshold, o.max_detections, o.classes), (0.3, 5, Some(vec![1])));
+        let o = parse_options("{}", &labels, Some(2)).unwrap();
+        assert_eq!((o.threshold, o.decoder_layers), (0.5, Some(2)));
+        let code = |t: &str| parse_options(t, &labels, None).unwrap_err().code.unwrap_or("");
+        assert_eq!(code("not json"), "invalid_json");
+        assert_eq!(code("[1]"), "invalid_json");
+        assert_eq!(code(r#"{"threshold":2}"#), "invalid_parameter");
+        assert_eq!(code(r#"{"threshold":"x"}"#), "invalid_parameter");
+        assert_eq!(code(r#"{"classes":["bird"]}"#), "invalid_parameter");
+        assert_eq!(code(r#"{"treshold":0.1}"#), "invalid_parameter");
+        assert_eq!(
+            parse_options(r#"{"max_detections":0}"#, &labels, None).unwrap_err().param.as_deref(),
+            Some("max_detections")
+        );
+    }
+
+    #[test]
+    fn query_key() {
+        let uri: Uri = "/v1/stream?x=1&api_key=sk%2Ba%20b".parse().unwrap();
+        assert_eq!(query_api_key(&uri).as_deref(), Some("sk+a b"));
+        assert_eq!(query_api_key(&"/v1/stream".parse().unwrap()), None);
+    }
+
+    #[tokio::test]
+    async fn registry_limits_per_key() {
+        let r = StreamRegistry::new(2);
+        let a1 = r.try_open(Some(0)).unwrap();
+        let _a2 = r.try_open(Some(0)).unwrap();
+        assert!(r.try_open(Some(0)).is_none());
+        let _b = r.try_open(Some(1)).unwrap();
+        assert_eq!(r.open_streams(), 3);
+        drop(a1);
+        assert!(r.try_open(Some(0)).is_some());
+        assert!(!r.wait_closed(Duration::from_millis(10)).await);
+    }
+}
