@@ -39,6 +39,8 @@ struct Report {
     gflop_per_s: f64,
     stages: serde_json::Map<String, serde_json::Value>,
     threads: usize,
+    /// The precision in effect ("f32" or "bf16").
+    precision: String,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -114,13 +116,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         gflop_per_s: gflop / (median_ms / 1e3),
         stages,
         threads: rayon::current_num_threads(),
+        precision: format!("{:?}", rtdetr::bf16::precision()).to_lowercase(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "model {}  input {}x{}  batch {}  runs {}  threads {}",
-            report.model, h, w, report.batch, report.runs, report.threads
+            "model {}  input {}x{}  batch {}  runs {}  threads {}  precision {}",
+            report.model, h, w, report.batch, report.runs, report.threads, report.precision
         );
         println!(
             "  total      median {:>9.2} ms   min {:>9.2} ms   {:.2} images/s",

@@ -31,10 +31,21 @@ pub struct ModelArgs {
     /// Run only the first N decoder layers (faster, slightly less accurate).
     #[arg(long)]
     pub decoder_layers: Option<usize>,
+    /// Arithmetic of the convolutions: f32 (the reference's numerics) or bf16 (bf16
+    /// operands, f32 sums; needs AVX512-BF16, otherwise f32 is used and a warning printed).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    F32,
+    Bf16,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<rtdetr::Detector> {
+        self.apply_precision();
         let mut det = rtdetr::Detector::load(&self.model)?;
         if let Some(s) = &self.size {
             let (h, w) = parse_size(s)?;
@@ -47,6 +58,21 @@ impl ModelArgs {
             }
         }
         Ok(det)
+    }
+}
+
+impl ModelArgs {
+    /// Sets the engine's precision; returns the one in effect.
+    pub fn apply_precision(&self) -> rtdetr::Precision {
+        let want = match self.precision {
+            PrecisionArg::F32 => rtdetr::Precision::F32,
+            PrecisionArg::Bf16 => rtdetr::Precision::Bf16,
+        };
+        let got = rtdetr::set_precision(want);
+        if got != want {
+            eprintln!("warning: this CPU has no bf16 dot products (AVX512-BF16): running f32");
+        }
+        got
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use crate::bf16::{self, PackedWeights, Precision};
 use crate::config::Activation;
 use crate::cpu::{self, AddAt, SendPtr};
 use crate::error::{Error, Result};
@@ -38,6 +39,8 @@ pub struct Conv2d {
     nominal_macs: usize,
     /// The Winograd form of a stride-1 3×3 layer, built on first use.
     winograd: OnceLock<Option<Winograd3x3>>,
+    /// The weights as bf16 pairs, built on first use in bf16 mode.
+    bf16: OnceLock<PackedWeights>,
 }
 
 /// Geometry of one call.
@@ -51,6 +54,8 @@ struct Geom {
 thread_local! {
     /// Per-thread im2col tile, grown on demand and reused across calls.
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread packed bf16 panel.
+    static BF16_PANEL: RefCell<bf16::Scratch> = RefCell::new(bf16::Scratch::default());
 }
 
 impl Conv2d {
@@ -68,7 +73,18 @@ impl Conv2d {
         assert_eq!(bias.len(), c_out, "conv bias shape");
         assert!(kernel >= 1 && stride >= 1, "kernel and stride must be positive");
         let nominal_macs = c_out * c_in * kernel * kernel;
-        Self { weight, bias, c_in, c_out, kernel, stride, padding, nominal_macs, winograd: OnceLock::new() }
+        Self {
+            weight,
+            bias,
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            nominal_macs,
+            winograd: OnceLock::new(),
+            bf16: OnceLock::new(),
+        }
     }
 
     pub fn c_in(&self) -> usize {
@@ -105,6 +121,7 @@ impl Conv2d {
         }
         self.nominal_macs += other.nominal_macs;
         self.winograd = OnceLock::new();
+        self.bf16 = OnceLock::new();
         Ok(())
     }
 
@@ -124,6 +141,7 @@ impl Conv2d {
             c_out: parts.iter().map(|p| p.c_out).sum(),
             nominal_macs: parts.iter().map(|p| p.nominal_macs).sum(),
             winograd: OnceLock::new(),
+            bf16: OnceLock::new(),
             ..(*first).clone()
         })
     }
@@ -182,8 +200,11 @@ impl Conv2d {
         if let Some((r, _)) = residual {
             assert_eq!(r.len(), b * self.c_out * hw, "conv residual length");
         }
-        if let Some(wino) = self.winograd() {
-            return wino.run(x, &self.bias, b, h, w, residual, act);
+        let bf16 = bf16::precision() == Precision::Bf16;
+        if !bf16 || winograd_in_bf16() {
+            if let Some(wino) = self.winograd() {
+                return wino.run(x, &self.bias, b, h, w, residual, act);
+            }
         }
         let kdim = self.c_in * self.kernel * self.kernel;
         let direct = self.kernel == 1 && self.stride == 1 && self.padding == 0;
@@ -263,6 +284,13 @@ impl Conv2d {
         rows: usize,
     ) {
         let kdim = self.c_in * self.kernel * self.kernel;
+        if bf16::precision() == Precision::Bf16 {
+            let packed = self.bf16.get_or_init(|| PackedWeights::new(&self.weight, self.c_out, kdim));
+            let out = unsafe { dst.0.add(out_base + c0 * hw + p0) };
+            // SAFETY: bf16 mode is only set where available(); same bounds as below.
+            BF16_PANEL.with_borrow_mut(|s| unsafe { bf16::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, hw, s) });
+            return;
+        }
         // gemm is column-major: m = positions (unit stride), n = output channels.
         unsafe {
             gemm::gemm(
@@ -334,6 +362,13 @@ impl Conv2d {
             }
         }
     }
+}
+
+/// Whether stride-1 3×3 layers keep their f32 Winograd form in bf16 mode
+/// (`RTDETR_BF16_WINOGRAD=1`) instead of direct bf16 products.
+fn winograd_in_bf16() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RTDETR_BF16_WINOGRAD").is_ok_and(|v| v == "1"))
 }
 
 /// The Winograd tile for stride-1 3×3 layers: F(4×4, 3×3) unless `RTDETR_WINOGRAD=off|2|4`

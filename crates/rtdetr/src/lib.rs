@@ -6,6 +6,7 @@
 //! processor). Start with [`Detector`].
 
 pub mod backbone;
+pub mod bf16;
 pub mod config;
 pub mod conv;
 pub mod cpu;
@@ -26,6 +27,7 @@ pub mod resize;
 pub mod weights;
 pub mod winograd;
 
+pub use bf16::{set_precision, Precision};
 pub use detector::Detector;
 pub use error::{Error, Result};
 pub use postprocess::{BoundingBox, DetectOptions, Detection};

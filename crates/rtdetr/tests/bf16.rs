@@ -1,0 +1,128 @@
+//! `Precision::Bf16` against f32: bounded drift on the trained demo checkpoint, and an
+//! honest fallback on CPUs without bf16 dot products.
+//!
+//! Its own test binary: the precision is process-wide, so nothing else may run beside it.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use rtdetr::{bf16, load_image, DetectOptions, Detection, Detector, Precision};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+struct Run {
+    logits: Tensor,
+    boxes: Tensor,
+    detections: Vec<Vec<Detection>>,
+}
+
+fn run(det: &Detector, images: &[image::RgbImage], opts: &DetectOptions) -> Run {
+    let pixels = det.pixel_batch(images).unwrap();
+    let out = det.forward(&pixels, None, &mut Default::default()).unwrap();
+    let sizes: Vec<(u32, u32)> = images.iter().map(|i| (i.width(), i.height())).collect();
+    let detections = det.post_process(&out, &sizes, opts).unwrap();
+    Run { logits: out.logits, boxes: out.boxes, detections }
+}
+
+fn drift(dir: &Path, images: &[image::RgbImage], opts: &DetectOptions) -> (Run, Run) {
+    let det = Detector::from_dir(dir).unwrap();
+    assert_eq!(bf16::set_precision(Precision::F32), Precision::F32);
+    let f32_run = run(&det, images, opts);
+    bf16::set_precision(Precision::Bf16);
+    let bf16_run = run(&det, images, opts);
+    bf16::set_precision(Precision::F32);
+    (f32_run, bf16_run)
+}
+
+#[test]
+fn bf16_drift_on_the_demo_checkpoint() {
+    let names = ["shapes-1.png", "shapes-2.png", "shapes-3.png", "shapes-4.png", "shapes-5.png", "shapes-6.png"];
+    let images: Vec<_> = names.iter().map(|n| load_image(&repo().join("examples").join(n)).unwrap()).collect();
+    let opts = DetectOptions { threshold: 0.5, ..Default::default() };
+    let (a, b) = drift(&repo().join("models/shapes-demo"), &images, &opts);
+    let (dl, db) = (max_abs_diff(&a.logits, &b.logits), max_abs_diff(&a.boxes, &b.boxes));
+    if !bf16::available() {
+        // No bf16 dot products: bf16 falls back to f32, bit for bit.
+        assert_eq!(bf16::set_precision(Precision::Bf16), Precision::F32);
+        bf16::set_precision(Precision::F32);
+        assert_eq!((dl, db), (0.0, 0.0), "fallback must be exactly f32");
+        eprintln!("no AVX512-BF16 on this CPU: checked the f32 fallback only");
+        return;
+    }
+    // Raw outputs per query index: a query selection that differs by one near-tied position
+    // shifts whole rows, so these maxima are large whenever the selection differs at all;
+    // the detections below are what must agree.
+    eprintln!("bf16 vs f32 on the demo checkpoint: max |Δ logit| {dl:.4}, max |Δ box| {db:.5} (per query index)");
+    assert!(dl > 0.0, "bf16 mode did not change the arithmetic");
+    // Same detections: classes, scores within 0.03, boxes within 2 px.
+    let (mut matched, mut worst_score) = (0, 0f32);
+    for ((name, da), dbf) in names.iter().zip(&a.detections).zip(&b.detections) {
+        // A detection near the threshold may appear in one run only: compare the confident ones.
+        let confident = |d: &&Detection| d.score >= opts.threshold + 0.05;
+        let (ca, cb): (Vec<_>, Vec<_>) = (da.iter().filter(confident).collect(), dbf.iter().collect());
+        for x in ca {
+            // Near-duplicate boxes of one class exist (NMS-free): take the closest score.
+            let m = cb
+                .iter()
+                .filter(|y| {
+                    y.class_id == x.class_id
+                        && (y.bbox.xmin - x.bbox.xmin).abs() <= 2.0
+                        && (y.bbox.ymin - x.bbox.ymin).abs() <= 2.0
+                        && (y.bbox.xmax - x.bbox.xmax).abs() <= 2.0
+                        && (y.bbox.ymax - x.bbox.ymax).abs() <= 2.0
+                })
+                .min_by(|p, q| (p.score - x.score).abs().total_cmp(&(q.score - x.score).abs()));
+            let m = m.unwrap_or_else(|| panic!("{name}: f32 detection {x:?} has no bf16 counterpart"));
+            assert!((m.score - x.score).abs() <= 0.03, "{name}: score {} vs {}", m.score, x.score);
+            worst_score = worst_score.max((m.score - x.score).abs());
+            matched += 1;
+        }
+    }
+    eprintln!("{matched} confident f32 detections all found by bf16; max |Δ score| {worst_score:.4}");
+    assert!(matched >= names.len(), "too few detections compared");
+}
+
+/// Drift on the full-size healthy-random checkpoints (`tools/gen_fixtures.py --full`),
+/// for the README; not in CI (the weights are 80-170 MB).
+#[test]
+#[ignore]
+fn bf16_drift_full_size() {
+    let root = std::env::var("RTDETR_FULL_DIR").unwrap_or_else(|_| "/tmp/rtdetr-full".into());
+    let images: Vec<_> = ["photo.png", "photo_exif.jpg", "gray.png", "rgba.png"]
+        .iter()
+        .map(|n| load_image(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images").join(n)).unwrap())
+        .collect();
+    let opts = DetectOptions { threshold: 0.3, ..Default::default() };
+    for name in ["r18vd", "r50vd"] {
+        let (a, b) = drift(&Path::new(&root).join(name), &images, &opts);
+        let agree: usize = a
+            .detections
+            .iter()
+            .zip(&b.detections)
+            .map(|(x, y)| x.iter().filter(|d| y.iter().any(|e| e.class_id == d.class_id && iou(d, e) >= 0.9)).count())
+            .sum();
+        let total: usize = a.detections.iter().map(Vec::len).sum();
+        eprintln!(
+            "{name}: max |Δ logit| {:.4}, max |Δ box| {:.5}; {agree}/{total} f32 detections (score >= 0.3) found by bf16 \
+             (same class, IoU >= 0.9)",
+            max_abs_diff(&a.logits, &b.logits),
+            max_abs_diff(&a.boxes, &b.boxes)
+        );
+    }
+}
+
+fn iou(a: &Detection, b: &Detection) -> f32 {
+    let (x0, y0) = (a.bbox.xmin.max(b.bbox.xmin), a.bbox.ymin.max(b.bbox.ymin));
+    let (x1, y1) = (a.bbox.xmax.min(b.bbox.xmax), a.bbox.ymax.min(b.bbox.ymax));
+    let inter = (x1 - x0).max(0.0) * (y1 - y0).max(0.0);
+    let area = |d: &Detection| (d.bbox.xmax - d.bbox.xmin) * (d.bbox.ymax - d.bbox.ymin);
+    inter / (area(a) + area(b) - inter)
+}
