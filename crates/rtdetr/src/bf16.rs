@@ -123,6 +123,53 @@ impl PackedWeights {
 #[derive(Default)]
 pub struct Scratch(Vec<u32>);
 
+/// A constant right-hand matrix (kdim × cols, e.g. a linear layer's Wᵀ) packed once into
+/// the kernel's chunked, k-pair-interleaved layout.
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    data: Vec<u32>,
+    kdim: usize,
+    cols: usize,
+}
+
+impl PackedB {
+    /// `b`: kdim × cols, row-major. Requires [`available`].
+    pub fn new(b: &[f32], kdim: usize, cols: usize) -> Self {
+        assert!(available(), "bf16 packing needs AVX512-BF16");
+        assert_eq!(b.len(), kdim * cols, "matrix shape");
+        let mut data = vec![0u32; cols.div_ceil(NC) * kdim.div_ceil(2) * NC];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: available() checked; `data` holds every chunk.
+        unsafe {
+            x86::pack_b(b.as_ptr(), cols, kdim, cols, data.as_mut_ptr())
+        };
+        Self { data, kdim, cols }
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// `dst (rows × b.cols, row stride dst_stride) = a (rows × kdim f32, row-major) · B`
+/// (overwrites dst): the rows of `a` are converted here, B was packed once.
+///
+/// # Safety
+/// Requires [`available`]. `a` holds rows × b.kdim f32s; `dst` rows of b.cols writable
+/// f32s, `dst_stride` apart.
+pub unsafe fn gemm_packed_b(a: &[f32], rows: usize, b: &PackedB, dst: *mut f32, dst_stride: usize) {
+    assert_eq!(a.len(), rows * b.kdim, "lhs shape");
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        x86::gemm_packed_b(a, rows, b, dst, dst_stride)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dst, dst_stride);
+        unreachable!("bf16 kernels are x86-64 only; check available()")
+    }
+}
+
 /// `dst[r·dst_stride + j] = Σ_k W[r0 + r][k] · b[k·b_stride + j]` for r < nrows, j < cols
 /// (overwrites dst).
 ///
@@ -158,7 +205,45 @@ pub unsafe fn gemm(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{PackedWeights, Scratch, MR, NC};
+    use super::{PackedB, PackedWeights, Scratch, MR, NC};
+
+    thread_local! {
+        /// Rows of the left operand as bf16 pairs, reused across calls.
+        static LHS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn gemm_packed_b(a: &[f32], rows: usize, b: &PackedB, dst: *mut f32, dst_stride: usize) {
+        let kp = b.kdim.div_ceil(2);
+        LHS.with_borrow_mut(|lhs| unsafe {
+            if lhs.len() < rows * kp {
+                lhs.resize(rows * kp, 0);
+            }
+            for r in 0..rows {
+                convert_row(a.as_ptr().add(r * b.kdim), b.kdim, lhs.as_mut_ptr().add(r * kp) as *mut u16);
+            }
+            product(lhs.as_ptr(), kp, rows, b.data.as_ptr(), b.cols, dst, dst_stride);
+        })
+    }
+
+    /// f32 → bf16 (nearest even) of n values; an odd n gets a zero pad to a whole pair.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn convert_row(x: *const f32, n: usize, out: *mut u16) {
+        unsafe {
+            let mut i = 0;
+            while i < n {
+                let m = (n - i).min(32);
+                let lo_n = m.min(16);
+                let hi_n = m - lo_n;
+                let lo = _mm512_maskz_loadu_ps(((1u32 << lo_n) - 1) as __mmask16, x.add(i));
+                let hi = _mm512_maskz_loadu_ps(((1u64 << hi_n) - 1) as __mmask16, x.add(i + 16.min(m)));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let keep = m.div_ceil(2) * 2;
+                _mm512_mask_storeu_epi16(out.add(i) as *mut i16, ((1u64 << keep) - 1) as __mmask32, v);
+                i += 32;
+            }
+        }
+    }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
@@ -182,14 +267,30 @@ mod x86 {
         let packed = scratch.0.as_mut_ptr();
         unsafe {
             pack_b(b, b_stride, w.kdim, cols, packed);
-            for c in 0..chunks {
-                let bc = packed.add(c * kp * NC) as *const u32;
+            product(w.pairs.as_ptr().add(r0 * kp), kp, nrows, packed, cols, dst, dst_stride);
+        }
+    }
+
+    /// dst (nrows × cols) = A (nrows rows of kp pairs) · packed B.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn product(
+        a: *const u32,
+        kp: usize,
+        nrows: usize,
+        packed: *const u32,
+        cols: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        unsafe {
+            for c in 0..cols.div_ceil(NC) {
+                let bc = packed.add(c * kp * NC);
                 let j0 = c * NC;
                 let ncols = NC.min(cols - j0);
                 let mut r = 0;
                 while r < nrows {
                     let m = MR.min(nrows - r);
-                    let a = w.pairs.as_ptr().add((r0 + r) * kp);
+                    let a = a.add(r * kp);
                     let out = dst.add(r * dst_stride + j0);
                     match m {
                         6 => kernel::<6>(a, kp, bc, out, dst_stride, ncols),
@@ -209,7 +310,7 @@ mod x86 {
     /// chunk c, pair p: 64 u32 = (B[2p][j], B[2p+1][j]) for the chunk's 64 columns, zero
     /// past cols and kdim.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn pack_b(b: *const f32, stride: usize, kdim: usize, cols: usize, out: *mut u32) {
+    pub(super) unsafe fn pack_b(b: *const f32, stride: usize, kdim: usize, cols: usize, out: *mut u32) {
         let kp = kdim.div_ceil(2);
         // Interleaves [x0..x15 | y0..y15] (16-bit lanes) into x0 y0 x1 y1 ...
         let idx = _mm512_set_epi16(
@@ -294,6 +395,32 @@ mod tests {
                     (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
                 })
                 .collect()
+        }
+    }
+
+    #[test]
+    fn packed_b_matches_rounded_reference() {
+        if !available() {
+            eprintln!("no AVX512-BF16 on this CPU: bf16 kernel not exercised");
+            return;
+        }
+        let mut rng = Rng(11);
+        for &(rows, kdim, cols) in &[(1, 1, 1), (3, 33, 65), (7, 256, 256), (300, 255, 100), (13, 2, 7), (1, 64, 200)] {
+            let a = rng.vec(rows * kdim);
+            let b = rng.vec(kdim * cols);
+            let packed = PackedB::new(&b, kdim, cols);
+            let mut dst = vec![f32::NAN; rows * (cols + 1)];
+            // SAFETY: available() checked; dst holds rows of cols + 1.
+            unsafe { gemm_packed_b(&a, rows, &packed, dst.as_mut_ptr(), cols + 1) };
+            let q = |v: f32| from_bf16(to_bf16(v)) as f64;
+            for r in 0..rows {
+                for j in 0..cols {
+                    let want: f64 = (0..kdim).map(|k| q(a[r * kdim + k]) * q(b[k * cols + j])).sum();
+                    let got = dst[r * (cols + 1) + j];
+                    assert!((got as f64 - want).abs() <= 4e-6 * (kdim as f64).sqrt().max(1.0), "{got} vs {want}");
+                }
+                assert!(dst[r * (cols + 1) + cols].is_nan());
+            }
         }
     }
 

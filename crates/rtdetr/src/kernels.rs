@@ -110,10 +110,13 @@ pub unsafe fn gemm_ab(
 
 /// `act(x · Wᵀ + bias + residual)`: `x` is (rows, k), `wt` is Wᵀ as (k, n) row-major (the
 /// layout the `gemm` crate multiplies without repacking), `bias` (n), `residual` (rows, n).
+/// With `wt_bf16` (Wᵀ packed for the bf16 kernel) the product runs in bf16.
+#[allow(clippy::too_many_arguments)]
 pub fn linear(
     x: &[f32],
     rows: usize,
     wt: &[f32],
+    wt_bf16: Option<&crate::bf16::PackedB>,
     bias: &[f32],
     n: usize,
     residual: Option<&[f32]>,
@@ -126,11 +129,20 @@ pub fn linear(
     if let Some(r) = residual {
         assert_eq!(r.len(), rows * n, "linear residual length");
     }
+    if let Some(p) = wt_bf16 {
+        assert_eq!(p.cols(), n, "packed weight shape");
+    }
     let block = row_block(rows, n * k);
     let run = |dst: &mut [f32], r0: usize| {
         let nr = dst.len() / n.max(1);
-        // SAFETY: x rows r0..r0+nr and wt are in bounds; dst holds nr rows of n.
-        unsafe { gemm_ab(nr, n, k, dst.as_mut_ptr(), n, x.as_ptr().add(r0 * k), k, wt.as_ptr(), n) };
+        let xs = &x[r0 * k..(r0 + nr) * k];
+        match wt_bf16 {
+            // SAFETY: a packed matrix exists only where the bf16 kernel is available;
+            // dst holds nr rows of n.
+            Some(p) => unsafe { crate::bf16::gemm_packed_b(xs, nr, p, dst.as_mut_ptr(), n) },
+            // SAFETY: x rows r0..r0+nr and wt are in bounds; dst holds nr rows of n.
+            None => unsafe { gemm_ab(nr, n, k, dst.as_mut_ptr(), n, xs.as_ptr(), k, wt.as_ptr(), n) },
+        }
         for (i, row) in dst.chunks_exact_mut(n).enumerate() {
             let res = residual.map(|r| &r[(r0 + i) * n..(r0 + i + 1) * n]);
             bias_row_act(row, bias, res, act);
@@ -303,7 +315,7 @@ mod tests {
                 [(None, Activation::Identity), (Some(r.as_slice()), Activation::Relu), (None, Activation::Gelu)]
             {
                 let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
-                let got = linear(&x, rows, &wt, &b, n, res, act);
+                let got = linear(&x, rows, &wt, None, &b, n, res, act);
                 let mut want = vec![0f32; rows * n];
                 for i in 0..rows {
                     for j in 0..n {

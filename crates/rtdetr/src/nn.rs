@@ -107,6 +107,8 @@ impl ConvBn {
 pub struct Linear {
     /// Wᵀ: (in, out) row-major.
     weight_t: Vec<f32>,
+    /// Wᵀ packed for the bf16 kernel, built on first use in bf16 mode.
+    weight_bf16: std::sync::OnceLock<crate::bf16::PackedB>,
     bias: Vec<f32>,
     in_features: usize,
     out_features: usize,
@@ -129,7 +131,7 @@ impl Linear {
                 weight_t[i * out_features + o] = *v;
             }
         }
-        Self { weight_t, bias, in_features, out_features }
+        Self { weight_t, weight_bf16: Default::default(), bias, in_features, out_features }
     }
 
     /// Stacks the outputs of several layers that read the same input into one layer.
@@ -143,7 +145,13 @@ impl Linear {
                 weight_t.extend_from_slice(&l.weight_t[i * l.out_features..(i + 1) * l.out_features]);
             }
         }
-        Self { weight_t, bias: layers.iter().flat_map(|l| l.bias.iter().copied()).collect(), in_features, out_features }
+        Self {
+            weight_t,
+            weight_bf16: Default::default(),
+            bias: layers.iter().flat_map(|l| l.bias.iter().copied()).collect(),
+            in_features,
+            out_features,
+        }
     }
 
     pub fn out_features(&self) -> usize {
@@ -181,7 +189,11 @@ impl Linear {
     /// The layer on a raw (rows, in) buffer.
     pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, act: Activation) -> Vec<f32> {
         crate::flops::add(2 * (rows * self.in_features * self.out_features) as u64);
-        kernels::linear(x, rows, &self.weight_t, &self.bias, self.out_features, residual, act)
+        let packed = (crate::bf16::precision() == crate::bf16::Precision::Bf16).then(|| {
+            self.weight_bf16
+                .get_or_init(|| crate::bf16::PackedB::new(&self.weight_t, self.in_features, self.out_features))
+        });
+        kernels::linear(x, rows, &self.weight_t, packed, &self.bias, self.out_features, residual, act)
     }
 }
 
