@@ -12,6 +12,8 @@ count, it times:
   openvino_bf16  OpenVINO CPU, INFERENCE_PRECISION_HINT=bf16 (falls back to f32 where the
                  CPU lacks bf16; the report says which precision was actually used)
   rtdetr         `rtdetr bench --json` (subprocess, RAYON_NUM_THREADS=threads)
+  rtdetr_bf16    `rtdetr bench --precision bf16 --json` (f32 where the CPU lacks AVX512-BF16;
+                 the report says which precision was used)
 
 ONNX Runtime and OpenVINO run the same ONNX graph, exported once from the PyTorch model
 with torch.onnx.export (torch.export-based "dynamo" exporter; the TorchScript exporter is
@@ -46,7 +48,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNTIMES = ["pytorch", "onnxruntime", "openvino_fp32", "openvino_bf16", "rtdetr"]
+RUNTIMES = ["pytorch", "onnxruntime", "openvino_fp32", "openvino_bf16", "rtdetr", "rtdetr_bf16"]
 CPU_FLAGS = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
              "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]
 
@@ -356,11 +358,13 @@ def bench_model(model_dir, args, ov_core):
             res["errors"][name] = f"{type(e).__name__}: {e}"
         settle()
 
-    if "rtdetr" not in args.skip:
+    for rt_name, extra in (("rtdetr", []), ("rtdetr_bf16", ["--precision", "bf16"])):
+        if rt_name in args.skip:
+            continue
         cmd = [args.rtdetr_bin, "bench", "--model", model_dir, "--size", f"{h}x{w}",
-               "--batch", str(args.batch), "--runs", str(args.runs), "--warmup", str(args.warmup), "--json"]
-        res["rtdetr_command"] = f"RAYON_NUM_THREADS={args.threads} " + shlex.join(cmd)
-        log(f"timing rtdetr: {res['rtdetr_command']}")
+               "--batch", str(args.batch), "--runs", str(args.runs), "--warmup", str(args.warmup), "--json"] + extra
+        res[f"{rt_name}_command"] = f"RAYON_NUM_THREADS={args.threads} " + shlex.join(cmd)
+        log(f"timing {rt_name}: {res[f'{rt_name}_command']}")
         try:
             env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -368,18 +372,26 @@ def bench_model(model_dir, args, ov_core):
                 raise RuntimeError(f"exit {p.returncode}: {p.stderr.strip()[-500:]}")
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1]
             rep = json.loads(line)
-            rts["rtdetr"] = {k: rep[k] for k in ("median_ms", "min_ms", "gflop", "gflop_per_s",
-                                                 "stages", "threads") if k in rep}
+            rts[rt_name] = {k: rep[k] for k in ("median_ms", "min_ms", "gflop", "gflop_per_s",
+                                                "stages", "threads", "precision") if k in rep}
+            if "precision" in rep:
+                rts[rt_name]["precision_used"] = rep["precision"]
         except Exception as e:  # noqa: BLE001
-            res["errors"]["rtdetr"] = f"{type(e).__name__}: {e}"
+            res["errors"][rt_name] = f"{type(e).__name__}: {e}"
+        settle()
 
     # Ratios: rtdetr median / peer median (> 1 means rtdetr is slower).
     if "rtdetr" in rts:
         rt = rts["rtdetr"]
         res["ratios"] = {f"rtdetr / {k}": round(rt["median_ms"] / v["median_ms"], 3)
-                         for k, v in rts.items() if k != "rtdetr"}
+                         for k, v in rts.items() if not k.startswith("rtdetr")}
         res["ratios_min"] = {f"rtdetr / {k}": round(rt["min_ms"] / v["min_ms"], 3)
-                             for k, v in rts.items() if k != "rtdetr"}
+                             for k, v in rts.items() if not k.startswith("rtdetr")}
+    if "rtdetr_bf16" in rts:
+        for peer in ("openvino_bf16", "openvino_fp32"):
+            if peer in rts:
+                res.setdefault("ratios", {})[f"rtdetr_bf16 / {peer}"] = round(
+                    rts["rtdetr_bf16"]["median_ms"] / rts[peer]["median_ms"], 3)
 
     # Correctness: the peers must run the same graph.
     chk = {}
@@ -424,8 +436,9 @@ def markdown(results, info, vers, bf16, args, rt_version):
              "Ratio = rtdetr median / peer median (> 1: rtdetr slower).")
     L.append("- Command: `" + shlex.join(["python", "tools/bench_peers.py"] + sys.argv[1:]) + "`")
     for r in results:
-        if "rtdetr_command" in r:
-            L.append(f"  - `{r['rtdetr_command']}`")
+        for key in ("rtdetr_command", "rtdetr_bf16_command"):
+            if key in r:
+                L.append(f"  - `{r[key]}`")
     L.append("")
     L.append("| model | runtime | median ms | min ms | rtdetr / runtime |")
     L.append("| --- | --- | ---: | ---: | ---: |")
@@ -435,11 +448,18 @@ def markdown(results, info, vers, bf16, args, rt_version):
             if rt in r["runtimes"]:
                 t = r["runtimes"][rt]
                 label = rt
-                asked = {"openvino_fp32": ("f32", "float32"), "openvino_bf16": ("bf16", "bfloat16")}.get(rt)
+                asked = {"openvino_fp32": ("f32", "float32"), "openvino_bf16": ("bf16", "bfloat16"),
+                         "rtdetr_bf16": ("bf16",)}.get(rt)
                 if asked and t.get("precision_used") and t["precision_used"] not in asked:
                     label += f" (ran {t['precision_used']})"
-                ratio = "1.00" if rt == "rtdetr" else (
-                    f"{r['ratios'][f'rtdetr / {rt}']:.2f}" if "ratios" in r else "-")
+                ratios = r.get("ratios", {})
+                if rt == "rtdetr":
+                    ratio = "1.00"
+                elif rt == "rtdetr_bf16":
+                    ratio = (f"{ratios['rtdetr_bf16 / openvino_bf16']:.2f} vs openvino_bf16"
+                             if "rtdetr_bf16 / openvino_bf16" in ratios else "-")
+                else:
+                    ratio = f"{ratios[f'rtdetr / {rt}']:.2f}" if f"rtdetr / {rt}" in ratios else "-"
                 L.append(f"| {name} | {label} | {fmt_ms(t['median_ms'])} | {fmt_ms(t['min_ms'])} | {ratio} |")
             elif rt in r["errors"]:
                 L.append(f"| {name} | {rt} | failed | - | - |")

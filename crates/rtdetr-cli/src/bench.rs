@@ -41,6 +41,10 @@ struct Report {
     threads: usize,
     /// The precision in effect ("f32" or "bf16").
     precision: String,
+    /// Model load (read config, map weights, fold BatchNorm).
+    load_ms: f64,
+    /// The first (warm-up) run, when there is one.
+    first_run_ms: Option<f64>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -59,7 +63,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if args.batch == 0 || args.runs == 0 {
         anyhow::bail!("--batch and --runs must be at least 1");
     }
+    let t_load = Instant::now();
     let det = args.model.load()?;
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let (h, w) = det.preprocessor().size.unwrap_or((640, 640));
     // A deterministic textured image; content does not change the cost.
     let img = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
@@ -77,8 +83,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         let t2 = Instant::now();
         Ok(((t2 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3))
     };
+    // The first run also builds the per-layer kernel forms (Winograd, bf16 packing): it is
+    // the start-up cost a server pays before it reports ready.
+    let mut first_run_ms = None;
     for _ in 0..args.warmup {
-        run_once(&mut StageTimes::default())?;
+        let (total, _) = run_once(&mut StageTimes::default())?;
+        first_run_ms.get_or_insert(total);
     }
     let flops_before = rtdetr::flops::total();
     let mut totals = Vec::new();
@@ -117,6 +127,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         stages,
         threads: rayon::current_num_threads(),
         precision: format!("{:?}", rtdetr::bf16::precision()).to_lowercase(),
+        load_ms,
+        first_run_ms,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -133,6 +145,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             println!("  {:<16} {:>9.2} ms (median)", k, v.as_f64().unwrap_or(0.0));
         }
         println!("  {:.2} GFLOP per forward, {:.1} GFLOP/s", gflop, report.gflop_per_s);
+        match first_run_ms {
+            Some(f) => println!("  start-up: load {load_ms:.0} ms + first run {f:.0} ms"),
+            None => println!("  start-up: load {load_ms:.0} ms"),
+        }
     }
     Ok(0)
 }
