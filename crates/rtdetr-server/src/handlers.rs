@@ -21,7 +21,7 @@ use crate::config::MAX_IMAGES_PER_REQUEST;
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::input::{annotated_jpeg_data_url, decode_and_prepare, decode_base64, parse_image_ref, ImageSource};
 use crate::metrics as m;
-use crate::queue::{InferenceRequest, ModelInfo, ModelState, QueueError};
+use crate::queue::{InferenceRequest, InferenceResult, ModelInfo, ModelState, QueueError};
 use crate::server::AppState;
 use crate::types::*;
 
@@ -167,7 +167,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     })
 }
 
-fn queue_error(e: QueueError) -> ApiError {
+pub(crate) fn queue_error(e: QueueError) -> ApiError {
     match e {
         QueueError::Full => {
             metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
@@ -179,9 +179,9 @@ fn queue_error(e: QueueError) -> ApiError {
     }
 }
 
-fn deadline_error() -> ApiError {
+pub(crate) fn deadline_error() -> ApiError {
     metrics::counter!(m::REJECTED, "reason" => "deadline").increment(1);
-    ApiError::deadline_exceeded("the request did not complete within the server's time limit")
+    ApiError::deadline_exceeded("the request (or stream frame) did not complete within the server's time limit")
 }
 
 /// One image's outcome.
@@ -233,24 +233,20 @@ async fn process_image(
     timings.decode = ms(prepared.decode_time);
     metrics::histogram!(m::DECODE_DURATION).record(prepared.decode_time.as_secs_f64());
     let (width, height) = prepared.image_size;
-    let rx = state
-        .queue
-        .submit(InferenceRequest {
+    let result = infer(
+        state,
+        InferenceRequest {
             pixels: prepared.pixels,
             input_size: prepared.input_size,
             image_size: prepared.image_size,
             options,
             deadline: deadline.into_std(),
-        })
-        .map_err(queue_error)?;
-    let result = rx
-        .await
-        .map_err(|_| ApiError::unavailable("shutting_down", "the inference queue stopped"))?
-        .map_err(queue_error)?;
+        },
+    )
+    .await?;
     timings.queue = ms(result.queue_time);
     timings.inference = ms(result.inference_time);
     timings.batch_size = result.batch_size;
-    metrics::counter!(m::DETECTIONS).increment(result.detections.len() as u64);
     let annotated = match prepared.image {
         Some(img) => {
             let dets = result.detections.clone();
@@ -263,6 +259,17 @@ async fn process_image(
         None => None,
     };
     Ok(ImageOutcome { width, height, detections: result.detections, timings, annotated })
+}
+
+/// Queues one decoded image (HTTP request or stream frame) and waits for its detections.
+pub(crate) async fn infer(state: &AppState, request: InferenceRequest) -> ApiResult<InferenceResult> {
+    let rx = state.queue.submit(request).map_err(queue_error)?;
+    let result = rx
+        .await
+        .map_err(|_| ApiError::unavailable("shutting_down", "the inference queue stopped"))?
+        .map_err(queue_error)?;
+    metrics::counter!(m::DETECTIONS).increment(result.detections.len() as u64);
+    Ok(result)
 }
 
 /// Runs `f` under the request's deadline.

@@ -47,6 +47,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{ApiError, ApiResult};
+use crate::handlers::{deadline_error, queue_error};
 use crate::input::decode_and_prepare;
 use crate::metrics as m;
 use crate::queue::{InferenceRequest, ModelInfo, ModelState, QueueError};
@@ -398,28 +399,6 @@ fn parse_options(text: &str, labels: &[String], decoder_layers: Option<usize>) -
     params.to_options(labels, decoder_layers)
 }
 
-fn queue_error(e: QueueError) -> ApiError {
-    match e {
-        QueueError::Full => {
-            metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
-            ApiError::queue_full()
-        }
-        QueueError::Closed => ApiError::unavailable("shutting_down", "the server is shutting down"),
-        QueueError::DeadlineExceeded => timeout_error(),
-        QueueError::Failed(msg) => ApiError::internal(format!("inference failed: {msg}")),
-    }
-}
-
-fn timeout_error() -> ApiError {
-    metrics::counter!(m::REJECTED, "reason" => "deadline").increment(1);
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "server_error",
-        "timeout",
-        "the frame did not complete within the server's time limit",
-    )
-}
-
 /// Decode (blocking pool, one admission slot) and inference (the shared queue) of one frame.
 async fn process(
     state: Arc<AppState>,
@@ -446,25 +425,21 @@ async fn process(
         drop(slot);
         metrics::histogram!(m::DECODE_DURATION).record(prepared.decode_time.as_secs_f64());
         let (width, height) = prepared.image_size;
-        let rx = state
-            .queue
-            .submit(InferenceRequest {
+        let result = crate::handlers::infer(
+            &state,
+            InferenceRequest {
                 pixels: prepared.pixels,
                 input_size: prepared.input_size,
                 image_size: prepared.image_size,
                 options,
                 deadline: deadline.into_std(),
-            })
-            .map_err(queue_error)?;
-        let result = rx
-            .await
-            .map_err(|_| ApiError::unavailable("shutting_down", "the inference queue stopped"))?
-            .map_err(queue_error)?;
-        metrics::counter!(m::DETECTIONS).increment(result.detections.len() as u64);
+            },
+        )
+        .await?;
         let latency_ms = (received.elapsed().as_secs_f64() * 1e6).round() / 1e3;
         Ok(FrameAnswer { frame, width, height, detections: result.detections, latency_ms })
     };
-    tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| Err(timeout_error()))
+    tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| Err(deadline_error()))
 }
 
 async fn in_flight_done(f: &mut Option<InFlight>) -> (u64, Outcome) {
