@@ -43,7 +43,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            max_batch_size: 8,
+            max_batch_size: 4,
             max_batch_delay: Duration::from_millis(5),
             capacity: 128,
             decoder_layers: None,
