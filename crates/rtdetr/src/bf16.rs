@@ -384,19 +384,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    self.0 ^= self.0 << 13;
-                    self.0 ^= self.0 >> 7;
-                    self.0 ^= self.0 << 17;
-                    (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-                })
-                .collect()
-        }
-    }
+    use crate::test_rng::Rng;
 
     #[test]
     fn packed_b_matches_rounded_reference() {

@@ -397,18 +397,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n).map(|_| self.next()).collect()
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// Reference: candle's conv2d, bias, residual, activation.
     #[allow(clippy::too_many_arguments)]

@@ -140,24 +140,15 @@ mod tests {
         out
     }
 
-    /// Small deterministic generator (xorshift) so the test needs no extra crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 40) as f32 / (1u64 << 24) as f32
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn check(levels: &[(usize, usize)], d: MsdaDims, seed: u64, loc_range: (f32, f32)) {
         let mut rng = Rng(seed);
         let seq: usize = levels.iter().map(|(h, w)| h * w).sum();
-        let value: Vec<f32> = (0..d.batch * seq * d.heads * d.head_dim).map(|_| rng.next() * 2.0 - 1.0).collect();
+        let value: Vec<f32> = (0..d.batch * seq * d.heads * d.head_dim).map(|_| rng.next()).collect();
         let n = d.batch * d.queries * d.heads * levels.len() * d.points;
-        let loc: Vec<f32> = (0..2 * n).map(|_| loc_range.0 + rng.next() * (loc_range.1 - loc_range.0)).collect();
-        let w: Vec<f32> = (0..n).map(|_| rng.next()).collect();
+        let loc: Vec<f32> = (0..2 * n).map(|_| loc_range.0 + rng.unit() * (loc_range.1 - loc_range.0)).collect();
+        let w: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
         let got = ms_deform_attn(&value, levels, &loc, &w, d);
         let want = naive(&value, levels, &loc, &w, d);
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {

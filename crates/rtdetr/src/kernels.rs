@@ -282,19 +282,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, heads: usize, di
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    self.0 ^= self.0 << 13;
-                    self.0 ^= self.0 >> 7;
-                    self.0 ^= self.0 << 17;
-                    (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-                })
-                .collect()
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");

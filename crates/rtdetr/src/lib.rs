@@ -24,6 +24,8 @@ pub mod nn;
 pub mod postprocess;
 pub mod preprocess;
 pub mod resize;
+#[cfg(test)]
+mod test_rng;
 pub mod weights;
 pub mod winograd;
 

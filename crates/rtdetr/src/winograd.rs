@@ -519,19 +519,7 @@ simd_dispatch! {
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    self.0 ^= self.0 << 13;
-                    self.0 ^= self.0 >> 7;
-                    self.0 ^= self.0 << 17;
-                    (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-                })
-                .collect()
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// Direct convolution in f64.
     fn naive(x: &[f32], wt: &[f32], bias: &[f32], dims: (usize, usize, usize, usize, usize), pad: usize) -> Vec<f32> {
