@@ -19,13 +19,14 @@ use crate::cpu::{self, simd_dispatch, AddAt};
 
 /// A transform set: Bᵀ (α×α), G (α×3), Aᵀ (m×α), row-major. G is applied from this table
 /// (once, at load); Bᵀ and Aᵀ are the specification of the hand-unrolled input and output
-/// transforms below (hot loops), which the tests check against direct convolution.
+/// transforms below (hot loops). The tests check the set against the Winograd identity and
+/// the unrolled code against direct convolution.
 struct Transform {
     m: usize,
-    #[allow(dead_code)]
+    #[cfg_attr(not(test), allow(dead_code))]
     bt: &'static [f32],
     g: &'static [f32],
-    #[allow(dead_code)]
+    #[cfg_attr(not(test), allow(dead_code))]
     at: &'static [f32],
 }
 
@@ -577,6 +578,34 @@ mod tests {
             }
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() <= tol * scale, "{tile:?} {dims:?} epilogue {act:?}: {g} vs {e}");
+            }
+        }
+    }
+
+    /// Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A equals the m×m correlation of an α×α patch d with g.
+    #[test]
+    fn transform_tables_satisfy_the_winograd_identity() {
+        let mut rng = Rng(3);
+        for t in [&F2, &F4] {
+            let (m, a) = (t.m, t.m + 2);
+            let mat = |x: &[f32]| -> Vec<f64> { x.iter().map(|&v| v as f64).collect() };
+            let (bt, g_, at) = (mat(t.bt), mat(t.g), mat(t.at));
+            // (r×k) · (k×c), both row-major; `tr` reads the right operand transposed.
+            let mul = |l: &[f64], r: &[f64], rows: usize, k: usize, cols: usize, tr: bool| -> Vec<f64> {
+                let at_r = |i: usize, j: usize| if tr { r[j * k + i] } else { r[i * cols + j] };
+                (0..rows * cols).map(|o| (0..k).map(|q| l[o / cols * k + q] * at_r(q, o % cols)).sum()).collect()
+            };
+            let d: Vec<f64> = rng.vec(a * a).into_iter().map(f64::from).collect();
+            let g: Vec<f64> = rng.vec(9).into_iter().map(f64::from).collect();
+            let u = mul(&mul(&g_, &g, a, 3, 3, false), &g_, a, 3, a, true);
+            let v = mul(&mul(&bt, &d, a, a, a, false), &bt, a, a, a, true);
+            let uv: Vec<f64> = u.iter().zip(&v).map(|(x, y)| x * y).collect();
+            let y = mul(&mul(&at, &uv, m, a, a, false), &at, m, a, m, true);
+            for i in 0..m {
+                for j in 0..m {
+                    let want: f64 = (0..9).map(|q| d[(i + q / 3) * a + j + q % 3] * g[q]).sum();
+                    assert!((y[i * m + j] - want).abs() < 1e-5, "F{m} [{i}][{j}]: {} vs {want}", y[i * m + j]);
+                }
             }
         }
     }
