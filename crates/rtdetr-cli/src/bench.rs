@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Also time every operation (convolution, linear layer, attention) of the timed runs
+    /// and print the most expensive ones, with their kernel path and GFLOP/s.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Serialize)]
@@ -90,6 +94,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         let (total, _) = run_once(&mut StageTimes::default())?;
         first_run_ms.get_or_insert(total);
     }
+    rtdetr::flops::set_profiling(args.profile);
     let flops_before = rtdetr::flops::total();
     let mut totals = Vec::new();
     let mut stage_runs: Vec<(StageTimes, f64)> = Vec::new();
@@ -100,6 +105,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         stage_runs.push((t, post));
     }
     let gflop = (rtdetr::flops::total() - flops_before) as f64 / args.runs as f64 / 1e9;
+    rtdetr::flops::set_profiling(false);
+    let profile = rtdetr::flops::take_profile();
     let min_ms = totals.iter().copied().fold(f64::INFINITY, f64::min);
     let median_ms = median(&mut totals.clone());
     let mut stages = serde_json::Map::new();
@@ -131,7 +138,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         first_run_ms,
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if args.profile {
+            value["profile"] = profile
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "op": p.name,
+                        "ms_per_run": p.time.as_secs_f64() * 1e3 / args.runs as f64,
+                        "calls_per_run": p.calls as f64 / args.runs as f64,
+                        "gflop_per_s": p.flops as f64 / p.time.as_secs_f64().max(1e-12) / 1e9,
+                    })
+                })
+                .collect();
+        }
+        println!("{value}");
     } else {
         println!(
             "model {}  input {}x{}  batch {}  runs {}  threads {}  precision {}",
@@ -148,6 +169,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         match first_run_ms {
             Some(f) => println!("  start-up: load {load_ms:.0} ms + first run {f:.0} ms"),
             None => println!("  start-up: load {load_ms:.0} ms"),
+        }
+        if !profile.is_empty() {
+            let total: f64 = profile.iter().map(|p| p.time.as_secs_f64()).sum::<f64>() * 1e3 / args.runs as f64;
+            println!("  profile (per run, most time first; all listed ops: {total:.1} ms):");
+            println!("  {:>9} {:>6} {:>8} {:>6}  operation", "ms", "share", "GFLOP/s", "calls");
+            for p in &profile {
+                let ms = p.time.as_secs_f64() * 1e3 / args.runs as f64;
+                let gfs = p.flops as f64 / p.time.as_secs_f64().max(1e-12) / 1e9;
+                let calls = p.calls as f64 / args.runs as f64;
+                println!("  {ms:>9.2} {:>5.1}% {gfs:>8.1} {calls:>6.0}  {}", 100.0 * ms / total, p.name);
+            }
         }
     }
     Ok(0)

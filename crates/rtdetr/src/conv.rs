@@ -19,8 +19,9 @@ use rayon::prelude::*;
 
 use crate::bf16::{self, PackedWeights, Precision};
 use crate::config::Activation;
-use crate::cpu::{self, AddAt, SendPtr};
+use crate::cpu::{self, AddAt};
 use crate::error::{Error, Result};
+use crate::sgemm;
 use crate::winograd::{Tile, Winograd3x3};
 
 /// A convolution with bias (BatchNorm already folded in) and a fused activation.
@@ -41,6 +42,8 @@ pub struct Conv2d {
     winograd: OnceLock<Option<Winograd3x3>>,
     /// The weights as bf16 pairs, built on first use in bf16 mode.
     bf16: OnceLock<PackedWeights>,
+    /// The weights packed for the AVX-512 f32 kernel, built on first use.
+    packed: OnceLock<sgemm::PackedWeights>,
 }
 
 /// Geometry of one call.
@@ -84,6 +87,7 @@ impl Conv2d {
             nominal_macs,
             winograd: OnceLock::new(),
             bf16: OnceLock::new(),
+            packed: OnceLock::new(),
         }
     }
 
@@ -122,6 +126,7 @@ impl Conv2d {
         self.nominal_macs += other.nominal_macs;
         self.winograd = OnceLock::new();
         self.bf16 = OnceLock::new();
+        self.packed = OnceLock::new();
         Ok(())
     }
 
@@ -142,6 +147,7 @@ impl Conv2d {
             nominal_macs: parts.iter().map(|p| p.nominal_macs).sum(),
             winograd: OnceLock::new(),
             bf16: OnceLock::new(),
+            packed: OnceLock::new(),
             ..(*first).clone()
         })
     }
@@ -175,12 +181,28 @@ impl Conv2d {
                 return Err(Error::InvalidArgument(format!("residual {:?} != conv output {out_shape:?}", r.dims())));
             }
         }
+        let started = crate::flops::start();
         let out = cpu::with_f32(x, |xs| match residual {
             Some((r, at)) => cpu::with_f32(r, |rs| self.run(xs, b, h, w, Some((rs, at)), act)),
             None => Ok(self.run(xs, b, h, w, None, act)),
         })??;
-        crate::flops::add(b as u64 * self.flops(h, w));
+        let flops = b as u64 * self.flops(h, w);
+        crate::flops::add(flops);
+        crate::flops::record(started, || self.describe(b, h, w), flops);
         cpu::tensor(out, out_shape, x.device())
+    }
+
+    /// The layer, its input and kernel path, for profiles: "conv3x3/1 256->256 80x80 winograd".
+    fn describe(&self, b: usize, h: usize, w: usize) -> String {
+        let path = if bf16::precision() == Precision::F32 && self.winograd().is_some() {
+            "winograd"
+        } else if self.kernel == 1 && self.stride == 1 && self.padding == 0 {
+            "direct"
+        } else {
+            "im2col"
+        };
+        let k = self.kernel;
+        format!("conv{k}x{k}/{} {}->{} {b}x{h}x{w} {path}", self.stride, self.c_in, self.c_out)
     }
 
     /// The kernel on raw buffers: `x` is (b, c_in, h, w), `residual` (b, c_out, oh, ow).
@@ -228,25 +250,23 @@ impl Conv2d {
                     let rows = cblock.min(self.c_out - c0);
                     let xi = &x[img * self.c_in * h * w..(img + 1) * self.c_in * h * w];
                     let out_base = img * self.c_out * hw;
+                    let off = out_base + c0 * hw + p0;
+                    let epi = sgemm::Epilogue {
+                        bias: Some(&self.bias[c0..c0 + rows]),
+                        residual: residual.map(|(r, at)| (r.as_ptr().add(off), at)),
+                        act,
+                    };
+                    let out = dst.get().add(off);
                     if direct {
-                        self.gemm_tile(xi.as_ptr().add(p0), hw, dst, out_base, hw, p0, cols, c0, rows);
+                        self.gemm_tile(xi.as_ptr().add(p0), hw, out, hw, cols, c0, rows, epi);
                     } else {
                         COLS.with_borrow_mut(|buf| {
                             if buf.len() < kdim * cols {
                                 buf.resize(kdim * cols, 0.0);
                             }
                             self.im2col(xi, g, p0, cols, &mut buf[..kdim * cols]);
-                            self.gemm_tile(buf.as_ptr(), cols, dst, out_base, hw, p0, cols, c0, rows);
+                            self.gemm_tile(buf.as_ptr(), cols, out, hw, cols, c0, rows, epi);
                         });
-                    }
-                    for co in c0..c0 + rows {
-                        let off = out_base + co * hw + p0;
-                        let row = dst.slice(off, cols);
-                        let (res, at) = match residual {
-                            Some((r, at)) => (Some(&r[off..off + cols]), at),
-                            None => (None, AddAt::BeforeAct),
-                        };
-                        cpu::bias_act(row, self.bias[co], res, at, act);
                     }
                 });
             })
@@ -265,56 +285,70 @@ impl Conv2d {
             .as_ref()
     }
 
-    /// dst[co, p0 + j] = Σ_k W[co, k] · lhs[k·lhs_stride + j] for co in c0..c0+rows,
-    /// j < cols.
+    /// `out[r·out_stride + j] = epi(Σ_k W[c0 + r, k] · lhs[k·lhs_stride + j])` for
+    /// r < rows, j < cols.
     ///
     /// # Safety
-    /// `lhs` points at kdim rows of `cols` readable elements `lhs_stride` apart; the
-    /// destination block is inside `dst` and owned by this task.
+    /// `lhs` points at kdim rows of `cols` readable elements `lhs_stride` apart; `out` (and
+    /// the epilogue's residual) at `rows` rows of `cols` elements `out_stride` apart, owned
+    /// by this task.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm_tile(
         &self,
         lhs: *const f32,
         lhs_stride: usize,
-        dst: SendPtr,
-        out_base: usize,
-        hw: usize,
-        p0: usize,
+        out: *mut f32,
+        out_stride: usize,
         cols: usize,
         c0: usize,
         rows: usize,
+        epi: sgemm::Epilogue,
     ) {
         let kdim = self.c_in * self.kernel * self.kernel;
         if bf16::precision() == Precision::Bf16 {
             let packed = self.bf16.get_or_init(|| PackedWeights::new(&self.weight, self.c_out, kdim));
-            let out = unsafe { dst.0.add(out_base + c0 * hw + p0) };
             // SAFETY: bf16 mode is only set where available(); same bounds as below.
-            BF16_PANEL.with_borrow_mut(|s| unsafe { bf16::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, hw, s) });
+            BF16_PANEL.with_borrow_mut(|s| unsafe {
+                bf16::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, out_stride, s)
+            });
+        } else if sgemm::available() {
+            let packed = self.packed.get_or_init(|| sgemm::PackedWeights::new(&self.weight, self.c_out, kdim));
+            // SAFETY: c0 is a multiple of MR (plan); bounds as documented.
+            unsafe { sgemm::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, out_stride, epi) };
             return;
+        } else {
+            // gemm is column-major: m = positions (unit stride), n = output channels.
+            unsafe {
+                gemm::gemm(
+                    cols,
+                    rows,
+                    kdim,
+                    out,
+                    out_stride as isize,
+                    1,
+                    false,
+                    lhs,
+                    lhs_stride as isize,
+                    1,
+                    self.weight.as_ptr().add(c0 * kdim),
+                    kdim as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
-        // gemm is column-major: m = positions (unit stride), n = output channels.
-        unsafe {
-            gemm::gemm(
-                cols,
-                rows,
-                kdim,
-                dst.0.add(out_base + c0 * hw + p0),
-                hw as isize,
-                1,
-                false,
-                lhs,
-                lhs_stride as isize,
-                1,
-                self.weight.as_ptr().add(c0 * kdim),
-                kdim as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        // The products above leave the epilogue to this pass over the tile.
+        for r in 0..rows {
+            let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_stride), cols) };
+            let res = epi.residual.map(|(p, _)| unsafe { std::slice::from_raw_parts(p.add(r * out_stride), cols) });
+            let at = epi.residual.map_or(AddAt::BeforeAct, |(_, at)| at);
+            let bias = epi.bias.map_or(0.0, |b| b[r]);
+            cpu::bias_act(row, bias, res, at, epi.act);
         }
     }
 
@@ -387,7 +421,8 @@ fn plan(hw: usize, kdim: usize, c_out: usize, batch: usize) -> (usize, usize) {
     // Small maps: split the output channels too so both threads get work.
     let mut cblock = c_out;
     while tasks * c_out.div_ceil(cblock) < 8 && cblock >= 64 {
-        cblock = (cblock / 2).next_multiple_of(8);
+        // Whole weight panels of the packed kernel.
+        cblock = (cblock / 2).next_multiple_of(sgemm::MR);
     }
     (tile, cblock)
 }

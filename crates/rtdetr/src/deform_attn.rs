@@ -43,7 +43,9 @@ pub fn ms_deform_attn(
     assert_eq!(locations.len(), weights.len() * 2, "locations shape");
     let row = heads * head_dim;
     // Four bilinear corners, a multiply-add per channel each.
-    crate::flops::add((8 * weights.len() * head_dim) as u64);
+    let flops = (8 * weights.len() * head_dim) as u64;
+    crate::flops::add(flops);
+    let started = crate::flops::start();
     let mut out = vec![0f32; batch * queries * row];
     out.par_chunks_mut(row).enumerate().for_each(|(bq, dst)| {
         let b = bq / queries;
@@ -89,6 +91,11 @@ pub fn ms_deform_attn(
             }
         }
     });
+    crate::flops::record(
+        started,
+        || format!("deformable attention {heads}x{head_dim} {batch}x{queries}x{points}"),
+        flops,
+    );
     out
 }
 

@@ -24,6 +24,7 @@ pub mod nn;
 pub mod postprocess;
 pub mod preprocess;
 pub mod resize;
+pub mod sgemm;
 #[cfg(test)]
 mod test_rng;
 pub mod weights;

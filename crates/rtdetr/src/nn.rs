@@ -188,12 +188,16 @@ impl Linear {
 
     /// The layer on a raw (rows, in) buffer.
     pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, act: Activation) -> Vec<f32> {
-        crate::flops::add(2 * (rows * self.in_features * self.out_features) as u64);
+        let flops = 2 * (rows * self.in_features * self.out_features) as u64;
+        crate::flops::add(flops);
+        let started = crate::flops::start();
         let packed = (crate::bf16::precision() == crate::bf16::Precision::Bf16).then(|| {
             self.weight_bf16
                 .get_or_init(|| crate::bf16::PackedB::new(&self.weight_t, self.in_features, self.out_features))
         });
-        kernels::linear(x, rows, &self.weight_t, packed, &self.bias, self.out_features, residual, act)
+        let out = kernels::linear(x, rows, &self.weight_t, packed, &self.bias, self.out_features, residual, act);
+        crate::flops::record(started, || format!("linear {}->{} x{rows}", self.in_features, self.out_features), flops);
+        out
     }
 }
 
@@ -379,8 +383,11 @@ pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) ->
             v.dims()
         )));
     }
-    crate::flops::add(4 * (b * lq * lk * dim) as u64);
+    let flops = 4 * (b * lq * lk * dim) as u64;
+    crate::flops::add(flops);
+    let started = crate::flops::start();
     let out = with_f32(q, |qs| with_f32(k, |ks| with_f32(v, |vs| kernels::attention(qs, ks, vs, b, heads, dim))))???;
+    crate::flops::record(started, || format!("attention {heads}x{} {b}x{lq}x{lk}", dim / heads), flops);
     Ok(Tensor::from_vec(out, (b, lq, dim), q.device())?)
 }
 

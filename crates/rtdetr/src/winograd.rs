@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::config::Activation;
 use crate::cpu::{self, simd_dispatch, AddAt};
+use crate::sgemm;
 
 /// A transform set: Bᵀ (α×α), G (α×3), Aᵀ (m×α), row-major. G is applied from this table
 /// (once, at load); Bᵀ and Aᵀ are the specification of the hand-unrolled input and output
@@ -106,16 +107,27 @@ impl Tile {
     }
 }
 
+/// The α² weight matrices U[ξ] (c_out × c_in).
+#[derive(Debug, Clone)]
+enum Weights {
+    /// Packed for the AVX-512 kernel, one per ξ.
+    Packed(Vec<sgemm::PackedWeights>),
+    /// Row-major U[ξ][co][ci] for the `gemm` crate.
+    Plain(Vec<f32>),
+}
+
 /// A stride-1 3×3 convolution with its weights in the Winograd domain.
 #[derive(Debug, Clone)]
 pub struct Winograd3x3 {
     tile: Tile,
-    /// α² matrices (c_out, c_in), row-major: U[ξ][co][ci].
-    u: Vec<f32>,
+    u: Weights,
     c_in: usize,
     c_out: usize,
     padding: usize,
 }
+
+/// Maps of at most this many tiles take [`Winograd3x3::run_phased`].
+const PHASED_MAX_TILES: usize = 256;
 
 thread_local! {
     /// Per-thread transformed input (V), products (M) and zero-padded input rows.
@@ -147,6 +159,11 @@ impl Winograd3x3 {
                 }
             }
         }
+        let u = if sgemm::available() {
+            Weights::Packed(u.chunks_exact(c_out * c_in).map(|m| sgemm::PackedWeights::new(m, c_out, c_in)).collect())
+        } else {
+            Weights::Plain(u)
+        };
         Self { tile, u, c_in, c_out, padding }
     }
 
@@ -168,12 +185,18 @@ impl Winograd3x3 {
         let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
         let hw = oh * ow;
         assert_eq!(x.len(), b * self.c_in * h * w, "winograd input length");
+        if th * tw <= PHASED_MAX_TILES {
+            if let Weights::Packed(u) = &self.u {
+                return self.run_phased(u, x, bias, b, h, w, residual, act);
+            }
+        }
         // Tile rows per task: about 128 tiles, and enough tasks for two threads.
         let rows_per_task = (64 / tw.max(1)).clamp(1, th.max(1));
         let n_row_tasks = th.div_ceil(rows_per_task);
         let mut cblock = self.c_out;
         while b * n_row_tasks * self.c_out.div_ceil(cblock) < 6 && cblock >= 64 {
-            cblock = (cblock / 2).next_multiple_of(8);
+            // Whole weight panels of the packed kernel.
+            cblock = (cblock / 2).next_multiple_of(sgemm::MR);
         }
         let n_cblocks = self.c_out.div_ceil(cblock);
         let tasks = b * n_row_tasks * n_cblocks;
@@ -195,28 +218,35 @@ impl Winograd3x3 {
                         mm.resize(mm.len().max(a * a * cn * nt), 0.0);
                         self.input_transform(xi, h, w, r0, r1, tw, &mut v[..a * a * self.c_in * nt], padded);
                         for xi_idx in 0..a * a {
-                            // M[ξ] (nt × cn, column-major) = V[ξ] (nt × c_in) · U[ξ]ᵀ.
-                            gemm::gemm(
-                                nt,
-                                cn,
-                                self.c_in,
-                                mm.as_mut_ptr().add(xi_idx * cn * nt),
-                                nt as isize,
-                                1,
-                                false,
-                                v.as_ptr().add(xi_idx * self.c_in * nt),
-                                nt as isize,
-                                1,
-                                self.u.as_ptr().add((xi_idx * self.c_out + c0) * self.c_in),
-                                self.c_in as isize,
-                                1,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
+                            // M[ξ] (cn × nt) = U[ξ] (cn × c_in) · V[ξ] (c_in × nt).
+                            let (vx, mx) =
+                                (v.as_ptr().add(xi_idx * self.c_in * nt), mm.as_mut_ptr().add(xi_idx * cn * nt));
+                            match &self.u {
+                                Weights::Packed(u) => {
+                                    sgemm::gemm(&u[xi_idx], c0, cn, vx, nt, nt, mx, nt, sgemm::Epilogue::NONE)
+                                }
+                                Weights::Plain(u) => gemm::gemm(
+                                    nt,
+                                    cn,
+                                    self.c_in,
+                                    mx,
+                                    nt as isize,
+                                    1,
+                                    false,
+                                    vx,
+                                    nt as isize,
+                                    1,
+                                    u.as_ptr().add((xi_idx * self.c_out + c0) * self.c_in),
+                                    self.c_in as isize,
+                                    1,
+                                    0.0,
+                                    1.0,
+                                    false,
+                                    false,
+                                    false,
+                                    gemm::Parallelism::None,
+                                ),
+                            }
                         }
                         let (y0, y1) = (r0 * m, (r1 * m).min(oh));
                         let out_base = img * self.c_out * hw;
@@ -240,6 +270,90 @@ impl Winograd3x3 {
         }
     }
 
+    /// Small maps, in three parallel passes per image: the input transform of all tiles
+    /// (split by channels), the α² products (one task per ξ), the output transform and
+    /// epilogue (split by channels). Cutting such a map into tile-row tasks would leave
+    /// too few, uneven tasks, and splitting the output channels instead would repeat the
+    /// input transform per channel block.
+    #[allow(clippy::too_many_arguments)]
+    fn run_phased(
+        &self,
+        u: &[sgemm::PackedWeights],
+        x: &[f32],
+        bias: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+        residual: Option<(&[f32], AddAt)>,
+        act: Activation,
+    ) -> Vec<f32> {
+        let m = self.tile.transform().m;
+        let a = m + 2;
+        let (oh, ow) = (h + 2 * self.padding - 2, w + 2 * self.padding - 2);
+        let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
+        let (nt, hw) = (th * tw, oh * ow);
+        let (c_in, c_out) = (self.c_in, self.c_out);
+        // Channel groups per transform pass: a few per thread for balance.
+        let groups = |c: usize| c.div_ceil(8).max(1);
+        let mut v = vec![0f32; a * a * c_in * nt];
+        let mut mm = vec![0f32; a * a * c_out * nt];
+        let out_len = b * c_out * hw;
+        // SAFETY: per image, the output pass's tasks write disjoint channel planes and
+        // together cover the image.
+        unsafe {
+            cpu::filled_by(out_len, |dst| {
+                for img in 0..b {
+                    let xi = &x[img * c_in * h * w..(img + 1) * c_in * h * w];
+                    let vp = cpu::SendPtr(v.as_mut_ptr());
+                    let gc = groups(c_in);
+                    (0..c_in.div_ceil(gc)).into_par_iter().for_each(|gi| {
+                        let (c0, c1) = (gi * gc, ((gi + 1) * gc).min(c_in));
+                        let g = InGeom { c_in: c1 - c0, c_planes: c_in, h, w, pad: self.padding, r0: 0, r1: th, tw };
+                        // The call writes planes c0..c1 of every ξ: disjoint across tasks.
+                        let vs = vp.slice(c0 * nt, a * a * c_in * nt - c0 * nt);
+                        BUFS.with_borrow_mut(|(_, _, padded)| match self.tile {
+                            Tile::F2 => input_f2(&xi[c0 * h * w..c1 * h * w], g, vs, padded),
+                            Tile::F4 => input_f4(&xi[c0 * h * w..c1 * h * w], g, vs, padded),
+                        });
+                    });
+                    let mp = cpu::SendPtr(mm.as_mut_ptr());
+                    let vr = &v;
+                    (0..a * a).into_par_iter().for_each(|xi_idx| {
+                        // M[ξ] (c_out × nt) = U[ξ] · V[ξ] (c_in × nt).
+                        sgemm::gemm(
+                            &u[xi_idx],
+                            0,
+                            c_out,
+                            vr.as_ptr().add(xi_idx * c_in * nt),
+                            nt,
+                            nt,
+                            mp.get().add(xi_idx * c_out * nt),
+                            nt,
+                            sgemm::Epilogue::NONE,
+                        );
+                    });
+                    let mr = &mm;
+                    let go = groups(c_out);
+                    (0..c_out.div_ceil(go)).into_par_iter().for_each(|gi| {
+                        for co in gi * go..((gi + 1) * go).min(c_out) {
+                            let off = (img * c_out + co) * hw;
+                            let rows = dst.slice(off, hw);
+                            match self.tile {
+                                Tile::F2 => output_f2(&mr[co * nt..], c_out * nt, rows, ow, oh, tw),
+                                Tile::F4 => output_f4(&mr[co * nt..], c_out * nt, rows, ow, oh, tw),
+                            }
+                            let (res, at) = match residual {
+                                Some((r, at)) => (Some(&r[off..off + hw]), at),
+                                None => (None, AddAt::BeforeAct),
+                            };
+                            cpu::bias_act(rows, bias[co], res, at, act);
+                        }
+                    });
+                }
+            })
+        }
+    }
+
     /// V[ξ][ci][tile] = (Bᵀ d B)[ξ] for the tiles of tile rows r0..r1 (zero padding).
     #[allow(clippy::too_many_arguments)]
     fn input_transform(
@@ -253,7 +367,7 @@ impl Winograd3x3 {
         v: &mut [f32],
         padded: &mut Vec<f32>,
     ) {
-        let g = InGeom { c_in: self.c_in, h, w, pad: self.padding, r0, r1, tw };
+        let g = InGeom { c_in: self.c_in, c_planes: self.c_in, h, w, pad: self.padding, r0, r1, tw };
         match self.tile {
             Tile::F2 => input_f2(x, g, v, padded),
             Tile::F4 => input_f4(x, g, v, padded),
@@ -269,7 +383,10 @@ type Block = [[Lanes; 6]; 6];
 
 #[derive(Clone, Copy)]
 struct InGeom {
+    /// Channels transformed by this call (x starts at the first).
     c_in: usize,
+    /// Channels of V's planes (v starts at this call's first channel).
+    c_planes: usize,
     h: usize,
     w: usize,
     pad: usize,
@@ -369,7 +486,7 @@ fn transpose(b: &Block, n: usize) -> Block {
 fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) {
     let (m, a) = (T::M, T::A);
     let nt = (g.r1 - g.r0) * g.tw;
-    let plane_stride = g.c_in * nt;
+    let plane_stride = g.c_planes * nt;
     // Row copies long enough for a 128-wide window at every chunk.
     let width = g.tw.div_ceil(L) * L * m + 128;
     padded.resize(a * width, 0.0);
@@ -628,5 +745,7 @@ mod tests {
         check(Tile::F4, 4, (1, 4, 3, 7, 5), 0, 1e-5);
         check(Tile::F4, 5, (1, 33, 17, 40, 37), 1, 1e-5);
         check(Tile::F4, 6, (1, 64, 64, 20, 20), 1, 1e-5);
+        // More than PHASED_MAX_TILES tiles: the tile-row task path.
+        check(Tile::F4, 7, (2, 20, 30, 70, 66), 1, 1e-5);
     }
 }

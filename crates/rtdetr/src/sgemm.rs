@@ -1,0 +1,405 @@
+//! f32 matrix products with a layer's weight packed once at load, for the convolutions
+//! (im2col, 1×1 and the Winograd-domain products) on CPUs with AVX-512.
+//!
+//! `C[r][j] = Σ_k W[r][k] · B[k][j]`: W (rows × kdim) is stored as panels of MR rows,
+//! k-major, so the micro-kernel broadcasts its six weights per k from one 24-byte line; B
+//! is read in place (any row stride) 64 columns at a time. The micro-kernel keeps an
+//! MR × 64 block of C in 24 registers over a block of KC values of k; the bias is added and
+//! the result stored on the last block, and the caller's epilogue (residual, activation)
+//! runs on the block right away, while it is in L1.
+//!
+//! Unlike a general GEMM (the `gemm` crate), nothing is copied per call: the weights are
+//! packed once and B needs no packing because every call here reads at most a few hundred
+//! rows of 256 bytes per column chunk, which stay in L2 across the row panels.
+
+use crate::config::Activation;
+use crate::cpu::{self, AddAt};
+
+/// Rows of C per micro-kernel call (one weight panel).
+pub const MR: usize = 6;
+/// Columns per chunk (four 16-lane vectors).
+const NC: usize = 64;
+/// Values of k per block: the chunk's B rows (KC × 256 bytes) stay in L2 while every
+/// row panel of the weights passes over them.
+const KC: usize = 512;
+
+/// A weight matrix (rows × kdim) as panels of [`MR`] rows, k-major:
+/// `panels[(p·kdim + k)·MR + i] = W[p·MR + i][k]` (zero past the last row).
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    panels: Vec<f32>,
+    rows: usize,
+    kdim: usize,
+}
+
+impl PackedWeights {
+    /// `w`: rows × kdim, row-major.
+    pub fn new(w: &[f32], rows: usize, kdim: usize) -> Self {
+        assert_eq!(w.len(), rows * kdim, "weight shape");
+        let mut panels = vec![0f32; rows.div_ceil(MR) * MR * kdim];
+        for (r, row) in w.chunks_exact(kdim.max(1)).enumerate().take(rows) {
+            let (p, i) = (r / MR, r % MR);
+            for (k, v) in row.iter().enumerate() {
+                panels[(p * kdim + k) * MR + i] = *v;
+            }
+        }
+        Self { panels, rows, kdim }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn kdim(&self) -> usize {
+        self.kdim
+    }
+}
+
+/// Whether this CPU runs the kernel (AVX-512 F) and `RTDETR_SGEMM=off` does not turn it
+/// off (for measurements); elsewhere callers use the `gemm` crate.
+pub fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| cpu::isa() == cpu::Isa::V4 && std::env::var("RTDETR_SGEMM").as_deref() != Ok("off"))
+}
+
+/// What happens to each block of C after the product: `act(C + bias[r] + residual)` or
+/// `act(C + bias[r]) + residual` (see [`AddAt`]).
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// Per row of the call (indexed from its first row), or none.
+    pub bias: Option<&'a [f32]>,
+    /// Laid out like dst (same offsets and row stride).
+    pub residual: Option<(*const f32, AddAt)>,
+    pub act: Activation,
+}
+
+impl Epilogue<'_> {
+    /// The plain product.
+    pub const NONE: Epilogue<'static> = Epilogue { bias: None, residual: None, act: Activation::Identity };
+}
+
+/// `dst[r·dst_stride + j] = epilogue(Σ_k W[r0 + r][k] · b[k·b_stride + j])` for r < nrows,
+/// j < cols (overwrites dst).
+///
+/// # Safety
+/// Requires [`available`]. `r0` is a multiple of [`MR`] and `r0 + nrows <= w.rows()`; `b`
+/// points at `w.kdim()` rows of `cols` readable f32s, `b_stride` apart; `dst` (and the
+/// residual, if any) at `nrows` rows of `cols` f32s, `dst_stride` apart, writable by
+/// this thread only.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    w: &PackedWeights,
+    r0: usize,
+    nrows: usize,
+    b: *const f32,
+    b_stride: usize,
+    cols: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    epi: Epilogue,
+) {
+    assert!(r0.is_multiple_of(MR) && r0 + nrows <= w.rows, "weight rows");
+    if let Some(bias) = epi.bias {
+        assert!(bias.len() >= nrows, "bias length");
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        x86::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (b, b_stride, cols, dst, dst_stride, epi);
+        unreachable!("the packed f32 kernel is x86-64 only; check available()")
+    }
+}
+
+/// Whether the kernel applies the whole epilogue in registers (else it adds bias and a
+/// BeforeAct residual, and [`finish_block`] the rest).
+fn in_registers(act: Activation) -> bool {
+    matches!(act, Activation::Identity | Activation::Relu)
+}
+
+/// The rest of an epilogue the kernel could not do in registers: the activation, then an
+/// AfterAct residual, on `nrows` row segments of `ncols` values.
+///
+/// # Safety
+/// As [`gemm`]'s dst and residual.
+unsafe fn finish_block(dst: *mut f32, dst_stride: usize, nrows: usize, ncols: usize, epi: &Epilogue) {
+    if in_registers(epi.act) {
+        return;
+    }
+    for r in 0..nrows {
+        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_stride), ncols) };
+        match epi.residual {
+            Some((res, AddAt::AfterAct)) => {
+                let res = unsafe { std::slice::from_raw_parts(res.add(r * dst_stride), ncols) };
+                cpu::bias_act(row, 0.0, Some(res), AddAt::AfterAct, epi.act)
+            }
+            _ => cpu::act_inplace(row, epi.act),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{finish_block, in_registers, Epilogue, PackedWeights, KC, MR, NC};
+    use crate::config::Activation;
+    use crate::cpu::AddAt;
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        w: &PackedWeights,
+        r0: usize,
+        nrows: usize,
+        b: *const f32,
+        b_stride: usize,
+        cols: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+        epi: Epilogue,
+    ) {
+        let kdim = w.kdim;
+        let p0 = r0 / MR;
+        unsafe {
+            for j0 in (0..cols).step_by(NC) {
+                let ncols = NC.min(cols - j0);
+                let mut k0 = 0;
+                // kdim == 0 still needs one pass to write bias-only rows.
+                loop {
+                    let kc = KC.min(kdim - k0);
+                    let (first, last) = (k0 == 0, k0 + kc == kdim);
+                    let bk = b.add(k0 * b_stride + j0);
+                    let mut r = 0;
+                    while r < nrows {
+                        let m = MR.min(nrows - r);
+                        let a = w.panels.as_ptr().add(((p0 + r / MR) * kdim + k0) * MR);
+                        let out = dst.add(r * dst_stride + j0);
+                        let tail = last.then(|| Tail {
+                            bias: epi.bias.map(|s| s.as_ptr().add(r)),
+                            residual: epi.residual.map(|(p, at)| (p.add(r * dst_stride + j0), at)),
+                            relu: epi.act == Activation::Relu,
+                            whole: in_registers(epi.act),
+                        });
+                        let args = Args { a, kc, b: bk, b_stride, out, dst_stride, ncols, first, tail };
+                        dispatch(m, ncols.div_ceil(16), args);
+                        if last {
+                            let epi_r = Epilogue {
+                                residual: epi.residual.map(|(p, at)| (p.add(r * dst_stride + j0), at)),
+                                ..epi
+                            };
+                            finish_block(out, dst_stride, m, ncols, &epi_r);
+                        }
+                        r += m;
+                    }
+                    k0 += kc;
+                    if k0 >= kdim {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Args {
+        /// Weight panel at k0 (MR values per k).
+        a: *const f32,
+        kc: usize,
+        /// B at (k0, j0).
+        b: *const f32,
+        b_stride: usize,
+        out: *mut f32,
+        dst_stride: usize,
+        ncols: usize,
+        /// Overwrite C (else accumulate onto it).
+        first: bool,
+        /// The epilogue's part in registers, on the last k block.
+        tail: Option<Tail>,
+    }
+
+    #[derive(Clone, Copy)]
+    struct Tail {
+        /// Per row of the block.
+        bias: Option<*const f32>,
+        /// At the block's origin, dst's stride.
+        residual: Option<(*const f32, AddAt)>,
+        relu: bool,
+        /// The whole epilogue (bias, residual, ReLU) is done here; else only the bias and a
+        /// BeforeAct residual.
+        whole: bool,
+    }
+
+    /// The kernel for m rows and nv vectors of columns (a tail chunk runs only the
+    /// vectors it needs).
+    #[inline(always)]
+    unsafe fn dispatch(m: usize, nv: usize, args: Args) {
+        macro_rules! rows {
+            ($nv:literal) => {
+                match m {
+                    6 => kernel::<6, $nv>(args),
+                    5 => kernel::<5, $nv>(args),
+                    4 => kernel::<4, $nv>(args),
+                    3 => kernel::<3, $nv>(args),
+                    2 => kernel::<2, $nv>(args),
+                    _ => kernel::<1, $nv>(args),
+                }
+            };
+        }
+        unsafe {
+            match nv {
+                4 => rows!(4),
+                3 => rows!(3),
+                2 => rows!(2),
+                _ => rows!(1),
+            }
+        }
+    }
+
+    /// C (M × ncols ≤ 16·NV) (+)= panel · B block.
+    #[inline(always)]
+    unsafe fn kernel<const M: usize, const NV: usize>(x: Args) {
+        unsafe {
+            let masks: [__mmask16; NV] = std::array::from_fn(|v| {
+                let n = x.ncols.saturating_sub(v * 16).min(16);
+                if n >= 16 {
+                    0xffff
+                } else {
+                    ((1u32 << n) - 1) as __mmask16
+                }
+            });
+            let mut acc = [[_mm512_setzero_ps(); NV]; M];
+            // Masked loads (all-ones but for a tail chunk) keep one loop body: LLVM then
+            // holds the accumulators in registers.
+            for k in 0..x.kc {
+                let bp = x.b.add(k * x.b_stride);
+                let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], bp.add(v * 16)));
+                let ak = x.a.add(k * MR);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ak.add(i));
+                    for (r, b) in row.iter_mut().zip(bv.iter()) {
+                        *r = _mm512_fmadd_ps(av, *b, *r);
+                    }
+                }
+            }
+            // By value (not through references) so the accumulators stay in registers.
+            #[allow(clippy::needless_range_loop)]
+            for i in 0..M {
+                let o = x.out.add(i * x.dst_stride);
+                let bias = x.tail.and_then(|t| t.bias).map(|p| _mm512_set1_ps(*p.add(i)));
+                for v in 0..NV {
+                    let ov = o.add(v * 16);
+                    let mut val = acc[i][v];
+                    if !x.first {
+                        val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(masks[v], ov));
+                    }
+                    if let Some(bias) = bias {
+                        val = _mm512_add_ps(val, bias);
+                    }
+                    if let Some(t) = x.tail {
+                        let res = t
+                            .residual
+                            .map(|(p, at)| (_mm512_maskz_loadu_ps(masks[v], p.add(i * x.dst_stride + v * 16)), at));
+                        if let Some((r, AddAt::BeforeAct)) = res {
+                            val = _mm512_add_ps(val, r);
+                        }
+                        if t.whole {
+                            if t.relu {
+                                val = _mm512_max_ps(val, _mm512_setzero_ps());
+                            }
+                            if let Some((r, AddAt::AfterAct)) = res {
+                                val = _mm512_add_ps(val, r);
+                            }
+                        }
+                    }
+                    if masks[v] == 0xffff {
+                        _mm512_storeu_ps(ov, val);
+                    } else if masks[v] != 0 {
+                        _mm512_mask_storeu_ps(ov, masks[v], val);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::test_rng::Rng;
+
+    /// The kernel equals an f64 product (with bias, residual, activation) to f32 summation
+    /// error, on shapes covering every row remainder, column tails, k blocks and strides.
+    #[test]
+    fn matches_reference() {
+        if !available() {
+            eprintln!("no AVX-512 on this CPU: packed f32 kernel not exercised (the gemm crate runs instead)");
+            return;
+        }
+        let mut rng = Rng(5);
+        let acts = [Activation::Identity, Activation::Relu, Activation::Silu, Activation::Gelu];
+        for (case, &(rows, kdim, cols, r0, nrows, b_extra)) in [
+            (1, 1, 1, 0, 1, 0),
+            (7, 3, 17, 0, 7, 0),
+            (13, 64, 64, 6, 7, 5),
+            (6, 255, 130, 0, 6, 0),
+            (32, 1100, 200, 12, 20, 3),
+            (256, 256, 400, 0, 256, 0),
+            (5, 2, 63, 0, 4, 1),
+            (12, 0, 10, 6, 6, 0),
+            (20, 1025, 65, 0, 20, 7),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let wt = rng.vec(rows * kdim);
+            let b_stride = cols + b_extra;
+            let b = rng.vec(kdim.max(1) * b_stride);
+            let bias = rng.vec(nrows);
+            let dst_stride = cols + 3;
+            let residual = rng.vec(nrows * dst_stride);
+            let packed = PackedWeights::new(&wt, rows, kdim);
+            for (ai, &act) in acts.iter().enumerate() {
+                for mode in 0..4 {
+                    let epi = Epilogue {
+                        bias: (mode != 0).then_some(&bias[..]),
+                        residual: match mode {
+                            2 => Some((residual.as_ptr(), AddAt::BeforeAct)),
+                            3 => Some((residual.as_ptr(), AddAt::AfterAct)),
+                            _ => None,
+                        },
+                        act,
+                    };
+                    let mut dst = vec![f32::NAN; nrows * dst_stride];
+                    // SAFETY: available() checked; buffers sized as documented.
+                    unsafe { gemm(&packed, r0, nrows, b.as_ptr(), b_stride, cols, dst.as_mut_ptr(), dst_stride, epi) };
+                    for r in 0..nrows {
+                        for j in 0..cols {
+                            let dot: f64 =
+                                (0..kdim).map(|k| wt[(r0 + r) * kdim + k] as f64 * b[k * b_stride + j] as f64).sum();
+                            let v = dot as f32 + if mode != 0 { bias[r] } else { 0.0 };
+                            let res = residual[r * dst_stride + j];
+                            let want = match mode {
+                                2 => cpu::act(v + res, act),
+                                3 => cpu::act(v, act) + res,
+                                _ => cpu::act(v, act),
+                            };
+                            let got = dst[r * dst_stride + j];
+                            let tol = 2e-6 * (kdim as f32).sqrt().max(1.0) * want.abs().max(1.0);
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "case {case} act {ai} mode {mode} r{r} j{j}: {got} vs {want}"
+                            );
+                        }
+                        for j in cols..dst_stride {
+                            assert!(dst[r * dst_stride + j].is_nan(), "padding written");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
