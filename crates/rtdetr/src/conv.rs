@@ -252,7 +252,7 @@ impl Conv2d {
                     let out_base = img * self.c_out * hw;
                     let off = out_base + c0 * hw + p0;
                     let epi = sgemm::Epilogue {
-                        bias: Some(&self.bias[c0..c0 + rows]),
+                        bias: Some(sgemm::Bias::Rows(&self.bias[c0..c0 + rows])),
                         residual: residual.map(|(r, at)| (r.as_ptr().add(off), at)),
                         act,
                     };
@@ -347,7 +347,10 @@ impl Conv2d {
             let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_stride), cols) };
             let res = epi.residual.map(|(p, _)| unsafe { std::slice::from_raw_parts(p.add(r * out_stride), cols) });
             let at = epi.residual.map_or(AddAt::BeforeAct, |(_, at)| at);
-            let bias = epi.bias.map_or(0.0, |b| b[r]);
+            let bias = match epi.bias {
+                Some(sgemm::Bias::Rows(b)) => b[r],
+                _ => 0.0,
+            };
             cpu::bias_act(row, bias, res, at, epi.act);
         }
     }

@@ -11,6 +11,12 @@ use rayon::prelude::*;
 
 use crate::config::Activation;
 use crate::cpu::{self, bias_row_act, simd_dispatch};
+use crate::sgemm;
+
+thread_local! {
+    /// Rows of a linear layer's input packed for the f32 kernel, reused across calls.
+    static LHS: RefCell<sgemm::PackedWeights> = RefCell::new(sgemm::PackedWeights::new(&[], 0, 0));
+}
 
 /// Products smaller than this many multiply-adds run on the calling thread.
 const SERIAL_MACS: usize = 1 << 20;
@@ -140,6 +146,22 @@ pub fn linear(
             // SAFETY: a packed matrix exists only where the bf16 kernel is available;
             // dst holds nr rows of n.
             Some(p) => unsafe { crate::bf16::gemm_packed_b(xs, nr, p, dst.as_mut_ptr(), n) },
+            None if sgemm::available() => {
+                // The rows of x are the left operand here (packed per call, a pass over
+                // x against k passes of multiply-adds), Wᵀ is read in place.
+                let epi = sgemm::Epilogue {
+                    bias: Some(sgemm::Bias::Cols(bias)),
+                    residual: residual.map(|r| (r[r0 * n..].as_ptr(), cpu::AddAt::BeforeAct)),
+                    act,
+                };
+                LHS.with_borrow_mut(|lhs| {
+                    lhs.repack(xs, nr, k);
+                    // SAFETY: available() checked; wt holds k rows of n, dst (and the
+                    // residual from row r0) nr rows of n.
+                    unsafe { sgemm::gemm(lhs, 0, nr, wt.as_ptr(), n, n, dst.as_mut_ptr(), n, epi) };
+                });
+                return;
+            }
             // SAFETY: x rows r0..r0+nr and wt are in bounds; dst holds nr rows of n.
             None => unsafe { gemm_ab(nr, n, k, dst.as_mut_ptr(), n, xs.as_ptr(), k, wt.as_ptr(), n) },
         }

@@ -35,15 +35,24 @@ pub struct PackedWeights {
 impl PackedWeights {
     /// `w`: rows × kdim, row-major.
     pub fn new(w: &[f32], rows: usize, kdim: usize) -> Self {
-        assert_eq!(w.len(), rows * kdim, "weight shape");
-        let mut panels = vec![0f32; rows.div_ceil(MR) * MR * kdim];
+        let mut packed = Self { panels: Vec::new(), rows: 0, kdim: 0 };
+        packed.repack(w, rows, kdim);
+        packed
+    }
+
+    /// Packs `w` (rows × kdim, row-major) into this buffer, reusing its allocation (for
+    /// activations packed per call).
+    pub fn repack(&mut self, w: &[f32], rows: usize, kdim: usize) {
+        assert_eq!(w.len(), rows * kdim, "matrix shape");
+        self.panels.clear();
+        self.panels.resize(rows.div_ceil(MR) * MR * kdim, 0.0);
         for (r, row) in w.chunks_exact(kdim.max(1)).enumerate().take(rows) {
             let (p, i) = (r / MR, r % MR);
             for (k, v) in row.iter().enumerate() {
-                panels[(p * kdim + k) * MR + i] = *v;
+                self.panels[(p * kdim + k) * MR + i] = *v;
             }
         }
-        Self { panels, rows, kdim }
+        (self.rows, self.kdim) = (rows, kdim);
     }
 
     pub fn rows(&self) -> usize {
@@ -62,12 +71,21 @@ pub fn available() -> bool {
     *ON.get_or_init(|| cpu::isa() == cpu::Isa::V4 && std::env::var("RTDETR_SGEMM").as_deref() != Ok("off"))
 }
 
-/// What happens to each block of C after the product: `act(C + bias[r] + residual)` or
-/// `act(C + bias[r]) + residual` (see [`AddAt`]).
+/// A bias added to C: one value per row (a convolution's output channel) or per column
+/// (a linear layer's output feature).
+#[derive(Clone, Copy)]
+pub enum Bias<'a> {
+    /// Indexed from the call's first row.
+    Rows(&'a [f32]),
+    /// Indexed by column.
+    Cols(&'a [f32]),
+}
+
+/// What happens to each block of C after the product: `act(C + bias + residual)` or
+/// `act(C + bias) + residual` (see [`AddAt`]).
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
-    /// Per row of the call (indexed from its first row), or none.
-    pub bias: Option<&'a [f32]>,
+    pub bias: Option<Bias<'a>>,
     /// Laid out like dst (same offsets and row stride).
     pub residual: Option<(*const f32, AddAt)>,
     pub act: Activation,
@@ -99,8 +117,10 @@ pub unsafe fn gemm(
     epi: Epilogue,
 ) {
     assert!(r0.is_multiple_of(MR) && r0 + nrows <= w.rows, "weight rows");
-    if let Some(bias) = epi.bias {
-        assert!(bias.len() >= nrows, "bias length");
+    match epi.bias {
+        Some(Bias::Rows(v)) => assert!(v.len() >= nrows, "bias length"),
+        Some(Bias::Cols(v)) => assert!(v.len() >= cols, "bias length"),
+        None => {}
     }
     #[cfg(target_arch = "x86_64")]
     unsafe {
@@ -144,7 +164,7 @@ unsafe fn finish_block(dst: *mut f32, dst_stride: usize, nrows: usize, ncols: us
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{finish_block, in_registers, Epilogue, PackedWeights, KC, MR, NC};
+    use super::{finish_block, in_registers, Bias, Epilogue, PackedWeights, KC, MR, NC};
     use crate::config::Activation;
     use crate::cpu::AddAt;
 
@@ -178,7 +198,10 @@ mod x86 {
                         let a = w.panels.as_ptr().add(((p0 + r / MR) * kdim + k0) * MR);
                         let out = dst.add(r * dst_stride + j0);
                         let tail = last.then(|| Tail {
-                            bias: epi.bias.map(|s| s.as_ptr().add(r)),
+                            bias: epi.bias.map(|b| match b {
+                                Bias::Rows(v) => (v.as_ptr().add(r), false),
+                                Bias::Cols(v) => (v.as_ptr().add(j0), true),
+                            }),
                             residual: epi.residual.map(|(p, at)| (p.add(r * dst_stride + j0), at)),
                             relu: epi.act == Activation::Relu,
                             whole: in_registers(epi.act),
@@ -222,8 +245,8 @@ mod x86 {
 
     #[derive(Clone, Copy)]
     struct Tail {
-        /// Per row of the block.
-        bias: Option<*const f32>,
+        /// At the block's first row, or (true) its first column.
+        bias: Option<(*const f32, bool)>,
         /// At the block's origin, dst's stride.
         residual: Option<(*const f32, AddAt)>,
         relu: bool,
@@ -288,15 +311,17 @@ mod x86 {
             #[allow(clippy::needless_range_loop)]
             for i in 0..M {
                 let o = x.out.add(i * x.dst_stride);
-                let bias = x.tail.and_then(|t| t.bias).map(|p| _mm512_set1_ps(*p.add(i)));
+                let bias = x.tail.and_then(|t| t.bias);
                 for v in 0..NV {
                     let ov = o.add(v * 16);
                     let mut val = acc[i][v];
                     if !x.first {
                         val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(masks[v], ov));
                     }
-                    if let Some(bias) = bias {
-                        val = _mm512_add_ps(val, bias);
+                    match bias {
+                        Some((p, false)) => val = _mm512_add_ps(val, _mm512_set1_ps(*p.add(i))),
+                        Some((p, true)) => val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(masks[v], p.add(v * 16))),
+                        None => {}
                     }
                     if let Some(t) = x.tail {
                         let res = t
@@ -359,13 +384,18 @@ mod tests {
             let b_stride = cols + b_extra;
             let b = rng.vec(kdim.max(1) * b_stride);
             let bias = rng.vec(nrows);
+            let col_bias = rng.vec(cols);
             let dst_stride = cols + 3;
             let residual = rng.vec(nrows * dst_stride);
             let packed = PackedWeights::new(&wt, rows, kdim);
             for (ai, &act) in acts.iter().enumerate() {
-                for mode in 0..4 {
+                for mode in 0..5 {
                     let epi = Epilogue {
-                        bias: (mode != 0).then_some(&bias[..]),
+                        bias: match mode {
+                            0 => None,
+                            4 => Some(Bias::Cols(&col_bias)),
+                            _ => Some(Bias::Rows(&bias)),
+                        },
                         residual: match mode {
                             2 => Some((residual.as_ptr(), AddAt::BeforeAct)),
                             3 => Some((residual.as_ptr(), AddAt::AfterAct)),
@@ -380,7 +410,12 @@ mod tests {
                         for j in 0..cols {
                             let dot: f64 =
                                 (0..kdim).map(|k| wt[(r0 + r) * kdim + k] as f64 * b[k * b_stride + j] as f64).sum();
-                            let v = dot as f32 + if mode != 0 { bias[r] } else { 0.0 };
+                            let v = dot as f32
+                                + match mode {
+                                    0 => 0.0,
+                                    4 => col_bias[j],
+                                    _ => bias[r],
+                                };
                             let res = residual[r * dst_stride + j];
                             let want = match mode {
                                 2 => cpu::act(v + res, act),
