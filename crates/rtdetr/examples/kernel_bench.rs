@@ -104,7 +104,18 @@ fn main() {
                 let t = Instant::now();
                 for _ in 0..reps {
                     unsafe {
-                        bf16::gemm(&packed, 0, rows, b.as_ptr(), cols, cols, dst.as_mut_ptr(), cols, &mut scratch)
+                        bf16::gemm(
+                            &packed,
+                            0,
+                            rows,
+                            b.as_ptr(),
+                            cols,
+                            cols,
+                            dst.as_mut_ptr(),
+                            cols,
+                            &mut scratch,
+                            sgemm::Epilogue::NONE,
+                        )
                     };
                 }
                 times.push(t.elapsed().as_secs_f64() / reps as f64);

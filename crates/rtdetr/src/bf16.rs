@@ -13,6 +13,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
+use crate::sgemm::{Bias, Epilogue};
+
 /// Arithmetic used by the matrix products of convolutions and linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
@@ -157,15 +159,16 @@ impl PackedB {
 /// # Safety
 /// Requires [`available`]. `a` holds rows × b.kdim f32s; `dst` rows of b.cols writable
 /// f32s, `dst_stride` apart.
-pub unsafe fn gemm_packed_b(a: &[f32], rows: usize, b: &PackedB, dst: *mut f32, dst_stride: usize) {
+pub unsafe fn gemm_packed_b(a: &[f32], rows: usize, b: &PackedB, dst: *mut f32, dst_stride: usize, epi: Epilogue) {
     assert_eq!(a.len(), rows * b.kdim, "lhs shape");
+    check_epilogue(&epi, rows, b.cols);
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        x86::gemm_packed_b(a, rows, b, dst, dst_stride)
+        x86::gemm_packed_b(a, rows, b, dst, dst_stride, epi)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (dst, dst_stride);
+        let _ = (dst, dst_stride, epi);
         unreachable!("bf16 kernels are x86-64 only; check available()")
     }
 }
@@ -188,16 +191,26 @@ pub unsafe fn gemm(
     dst: *mut f32,
     dst_stride: usize,
     scratch: &mut Scratch,
+    epi: Epilogue,
 ) {
     assert!(r0 + nrows <= w.rows, "weight rows");
+    check_epilogue(&epi, nrows, cols);
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        x86::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, scratch)
+        x86::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, scratch, epi)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (b, b_stride, cols, dst, dst_stride, scratch);
+        let _ = (b, b_stride, cols, dst, dst_stride, scratch, epi);
         unreachable!("bf16 kernels are x86-64 only; check available()")
+    }
+}
+
+fn check_epilogue(epi: &Epilogue, rows: usize, cols: usize) {
+    match epi.bias {
+        Some(Bias::Rows(v)) => assert!(v.len() >= rows, "bias length"),
+        Some(Bias::Cols(v)) => assert!(v.len() >= cols, "bias length"),
+        None => {}
     }
 }
 
@@ -206,6 +219,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{PackedB, PackedWeights, Scratch, MR, NC};
+    use crate::sgemm::x86::{store, Tail};
+    use crate::sgemm::{finish_block, Epilogue};
 
     thread_local! {
         /// Rows of the left operand as bf16 pairs, reused across calls.
@@ -213,7 +228,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn gemm_packed_b(a: &[f32], rows: usize, b: &PackedB, dst: *mut f32, dst_stride: usize) {
+    pub unsafe fn gemm_packed_b(a: &[f32], rows: usize, b: &PackedB, dst: *mut f32, dst_stride: usize, epi: Epilogue) {
         let kp = b.kdim.div_ceil(2);
         LHS.with_borrow_mut(|lhs| unsafe {
             if lhs.len() < rows * kp {
@@ -222,7 +237,7 @@ mod x86 {
             for r in 0..rows {
                 convert_row(a.as_ptr().add(r * b.kdim), b.kdim, lhs.as_mut_ptr().add(r * kp) as *mut u16);
             }
-            product(lhs.as_ptr(), kp, rows, b.data.as_ptr(), b.cols, dst, dst_stride);
+            product(lhs.as_ptr(), kp, rows, b.data.as_ptr(), b.cols, dst, dst_stride, &epi);
         })
     }
 
@@ -257,6 +272,7 @@ mod x86 {
         dst: *mut f32,
         dst_stride: usize,
         scratch: &mut Scratch,
+        epi: Epilogue,
     ) {
         let kp = w.kpairs();
         let chunks = cols.div_ceil(NC);
@@ -267,12 +283,13 @@ mod x86 {
         let packed = scratch.0.as_mut_ptr();
         unsafe {
             pack_b(b, b_stride, w.kdim, cols, packed);
-            product(w.pairs.as_ptr().add(r0 * kp), kp, nrows, packed, cols, dst, dst_stride);
+            product(w.pairs.as_ptr().add(r0 * kp), kp, nrows, packed, cols, dst, dst_stride, &epi);
         }
     }
 
-    /// dst (nrows × cols) = A (nrows rows of kp pairs) · packed B.
+    /// dst (nrows × cols) = epi(A (nrows rows of kp pairs) · packed B).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn product(
         a: *const u32,
         kp: usize,
@@ -281,6 +298,7 @@ mod x86 {
         cols: usize,
         dst: *mut f32,
         dst_stride: usize,
+        epi: &Epilogue,
     ) {
         unsafe {
             for c in 0..cols.div_ceil(NC) {
@@ -292,14 +310,16 @@ mod x86 {
                     let m = MR.min(nrows - r);
                     let a = a.add(r * kp);
                     let out = dst.add(r * dst_stride + j0);
+                    let tail = Tail::at(epi, r, j0, dst_stride);
                     match m {
-                        6 => kernel::<6>(a, kp, bc, out, dst_stride, ncols),
-                        5 => kernel::<5>(a, kp, bc, out, dst_stride, ncols),
-                        4 => kernel::<4>(a, kp, bc, out, dst_stride, ncols),
-                        3 => kernel::<3>(a, kp, bc, out, dst_stride, ncols),
-                        2 => kernel::<2>(a, kp, bc, out, dst_stride, ncols),
-                        _ => kernel::<1>(a, kp, bc, out, dst_stride, ncols),
+                        6 => kernel::<6>(a, kp, bc, out, dst_stride, ncols, tail),
+                        5 => kernel::<5>(a, kp, bc, out, dst_stride, ncols, tail),
+                        4 => kernel::<4>(a, kp, bc, out, dst_stride, ncols, tail),
+                        3 => kernel::<3>(a, kp, bc, out, dst_stride, ncols, tail),
+                        2 => kernel::<2>(a, kp, bc, out, dst_stride, ncols, tail),
+                        _ => kernel::<1>(a, kp, bc, out, dst_stride, ncols, tail),
                     }
+                    finish_block(out, dst_stride, m, ncols, epi, r, j0);
                     r += m;
                 }
             }
@@ -347,6 +367,7 @@ mod x86 {
         out: *mut f32,
         out_stride: usize,
         ncols: usize,
+        tail: Tail,
     ) {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 4]; M];
@@ -364,18 +385,15 @@ mod x86 {
                     row[3] = _mm512_dpbf16_ps(row[3], av, b3);
                 }
             }
-            for (i, row) in acc.iter().enumerate() {
-                let o = out.add(i * out_stride);
-                for (v, val) in row.iter().enumerate() {
-                    let j = v * 16;
-                    if j + 16 <= ncols {
-                        _mm512_storeu_ps(o.add(j), *val);
-                    } else if j < ncols {
-                        let mask = ((1u32 << (ncols - j)) - 1) as __mmask16;
-                        _mm512_mask_storeu_ps(o.add(j), mask, *val);
-                    }
+            let masks: [__mmask16; 4] = std::array::from_fn(|v| {
+                let n = ncols.saturating_sub(v * 16).min(16);
+                if n >= 16 {
+                    0xffff
+                } else {
+                    ((1u32 << n) - 1) as __mmask16
                 }
-            }
+            });
+            store::<M, 4>(acc, out, out_stride, masks, true, Some(tail));
         }
     }
 }
@@ -399,7 +417,7 @@ mod tests {
             let packed = PackedB::new(&b, kdim, cols);
             let mut dst = vec![f32::NAN; rows * (cols + 1)];
             // SAFETY: available() checked; dst holds rows of cols + 1.
-            unsafe { gemm_packed_b(&a, rows, &packed, dst.as_mut_ptr(), cols + 1) };
+            unsafe { gemm_packed_b(&a, rows, &packed, dst.as_mut_ptr(), cols + 1, Epilogue::NONE) };
             let q = |v: f32| from_bf16(to_bf16(v)) as f64;
             for r in 0..rows {
                 for j in 0..cols {
@@ -408,6 +426,60 @@ mod tests {
                     assert!((got as f64 - want).abs() <= 4e-6 * (kdim as f64).sqrt().max(1.0), "{got} vs {want}");
                 }
                 assert!(dst[r * (cols + 1) + cols].is_nan());
+            }
+        }
+    }
+
+    /// The shared epilogue (bias per row or column, residual, activation) on both entry
+    /// points.
+    #[test]
+    fn epilogues_match_reference() {
+        use crate::config::Activation;
+        use crate::cpu::{act, AddAt};
+        if !available() {
+            eprintln!("no AVX512-BF16 on this CPU: bf16 kernel not exercised");
+            return;
+        }
+        let mut rng = Rng(13);
+        let (rows, kdim, cols) = (13, 70, 150);
+        let w = rng.vec(rows * kdim);
+        let b = rng.vec(kdim * cols);
+        let (row_bias, col_bias, res) = (rng.vec(rows), rng.vec(cols), rng.vec(rows * cols));
+        let q = |v: f32| from_bf16(to_bf16(v)) as f64;
+        let dot = |r: usize, j: usize| (0..kdim).map(|k| q(w[r * kdim + k]) * q(b[k * cols + j])).sum::<f64>() as f32;
+        for (mode, a) in
+            [(0, Activation::Relu), (1, Activation::Silu), (2, Activation::Gelu), (3, Activation::Identity)]
+        {
+            let at = if mode == 2 { AddAt::AfterAct } else { AddAt::BeforeAct };
+            let epi = Epilogue {
+                bias: Some(if mode == 3 { Bias::Cols(&col_bias) } else { Bias::Rows(&row_bias) }),
+                residual: (mode != 3).then_some((res.as_ptr(), at)),
+                act: a,
+            };
+            let mut dst = vec![f32::NAN; rows * cols];
+            let mut dst_b = vec![f32::NAN; rows * cols];
+            let packed = PackedWeights::new(&w, rows, kdim);
+            let packed_b = PackedB::new(&b, kdim, cols);
+            // SAFETY: available() checked; buffers sized as documented.
+            unsafe {
+                gemm(&packed, 0, rows, b.as_ptr(), cols, cols, dst.as_mut_ptr(), cols, &mut Scratch::default(), epi);
+                gemm_packed_b(&w, rows, &packed_b, dst_b.as_mut_ptr(), cols, epi);
+            }
+            for r in 0..rows {
+                for j in 0..cols {
+                    let (v, rv) = (dot(r, j), res[r * cols + j]);
+                    let want = match mode {
+                        3 => v + col_bias[j],
+                        2 => act(v + row_bias[r], a) + rv,
+                        _ => act(v + row_bias[r] + rv, a),
+                    };
+                    for got in [dst[r * cols + j], dst_b[r * cols + j]] {
+                        assert!(
+                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "mode {mode} r{r} j{j}: {got} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -450,7 +522,20 @@ mod tests {
             let mut dst = vec![f32::NAN; nrows * dst_stride];
             let mut scratch = Scratch::default();
             // SAFETY: available() checked; buffers sized as documented.
-            unsafe { gemm(&packed, r0, nrows, b.as_ptr(), b_stride, cols, dst.as_mut_ptr(), dst_stride, &mut scratch) };
+            unsafe {
+                gemm(
+                    &packed,
+                    r0,
+                    nrows,
+                    b.as_ptr(),
+                    b_stride,
+                    cols,
+                    dst.as_mut_ptr(),
+                    dst_stride,
+                    &mut scratch,
+                    Epilogue::NONE,
+                )
+            };
             let q = |v: f32| from_bf16(to_bf16(v)) as f64;
             for r in 0..nrows {
                 for j in 0..cols {

@@ -142,18 +142,21 @@ pub fn linear(
     let run = |dst: &mut [f32], r0: usize| {
         let nr = dst.len() / n.max(1);
         let xs = &x[r0 * k..(r0 + nr) * k];
+        let epi = sgemm::Epilogue {
+            bias: Some(sgemm::Bias::Cols(bias)),
+            residual: residual.map(|r| (r[r0 * n..].as_ptr(), cpu::AddAt::BeforeAct)),
+            act,
+        };
         match wt_bf16 {
             // SAFETY: a packed matrix exists only where the bf16 kernel is available;
-            // dst holds nr rows of n.
-            Some(p) => unsafe { crate::bf16::gemm_packed_b(xs, nr, p, dst.as_mut_ptr(), n) },
+            // dst (and the residual from row r0) holds nr rows of n.
+            Some(p) => {
+                unsafe { crate::bf16::gemm_packed_b(xs, nr, p, dst.as_mut_ptr(), n, epi) };
+                return;
+            }
             None if sgemm::available() => {
                 // The rows of x are the left operand here (packed per call, a pass over
                 // x against k passes of multiply-adds), Wᵀ is read in place.
-                let epi = sgemm::Epilogue {
-                    bias: Some(sgemm::Bias::Cols(bias)),
-                    residual: residual.map(|r| (r[r0 * n..].as_ptr(), cpu::AddAt::BeforeAct)),
-                    act,
-                };
                 LHS.with_borrow_mut(|lhs| {
                     lhs.repack(xs, nr, k);
                     // SAFETY: available() checked; wt holds k rows of n, dst (and the

@@ -140,14 +140,24 @@ fn in_registers(act: Activation) -> bool {
 }
 
 /// The rest of an epilogue the kernel could not do in registers: the activation, then an
-/// AfterAct residual, on `nrows` row segments of `ncols` values.
+/// AfterAct residual, on the `nrows` × `ncols` block at `dst`, which is at row r, column
+/// j0 of the call.
 ///
 /// # Safety
 /// As [`gemm`]'s dst and residual.
-unsafe fn finish_block(dst: *mut f32, dst_stride: usize, nrows: usize, ncols: usize, epi: &Epilogue) {
+pub(crate) unsafe fn finish_block(
+    dst: *mut f32,
+    dst_stride: usize,
+    nrows: usize,
+    ncols: usize,
+    epi: &Epilogue,
+    r: usize,
+    j0: usize,
+) {
     if in_registers(epi.act) {
         return;
     }
+    let epi = Epilogue { residual: epi.residual.map(|(p, at)| (unsafe { p.add(r * dst_stride + j0) }, at)), ..*epi };
     for r in 0..nrows {
         let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_stride), ncols) };
         match epi.residual {
@@ -161,7 +171,7 @@ unsafe fn finish_block(dst: *mut f32, dst_stride: usize, nrows: usize, ncols: us
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{finish_block, in_registers, Bias, Epilogue, PackedWeights, KC, MR, NC};
@@ -197,23 +207,11 @@ mod x86 {
                         let m = MR.min(nrows - r);
                         let a = w.panels.as_ptr().add(((p0 + r / MR) * kdim + k0) * MR);
                         let out = dst.add(r * dst_stride + j0);
-                        let tail = last.then(|| Tail {
-                            bias: epi.bias.map(|b| match b {
-                                Bias::Rows(v) => (v.as_ptr().add(r), false),
-                                Bias::Cols(v) => (v.as_ptr().add(j0), true),
-                            }),
-                            residual: epi.residual.map(|(p, at)| (p.add(r * dst_stride + j0), at)),
-                            relu: epi.act == Activation::Relu,
-                            whole: in_registers(epi.act),
-                        });
+                        let tail = last.then(|| Tail::at(&epi, r, j0, dst_stride));
                         let args = Args { a, kc, b: bk, b_stride, out, dst_stride, ncols, first, tail };
                         dispatch(m, ncols.div_ceil(16), args);
                         if last {
-                            let epi_r = Epilogue {
-                                residual: epi.residual.map(|(p, at)| (p.add(r * dst_stride + j0), at)),
-                                ..epi
-                            };
-                            finish_block(out, dst_stride, m, ncols, &epi_r);
+                            finish_block(out, dst_stride, m, ncols, &epi, r, j0);
                         }
                         r += m;
                     }
@@ -243,8 +241,9 @@ mod x86 {
         tail: Option<Tail>,
     }
 
+    /// The part of an epilogue applied in registers to one block of C.
     #[derive(Clone, Copy)]
-    struct Tail {
+    pub(crate) struct Tail {
         /// At the block's first row, or (true) its first column.
         bias: Option<(*const f32, bool)>,
         /// At the block's origin, dst's stride.
@@ -307,15 +306,55 @@ mod x86 {
                     }
                 }
             }
-            // By value (not through references) so the accumulators stay in registers.
+            store::<M, NV>(acc, x.out, x.dst_stride, masks, x.first, x.tail);
+        }
+    }
+
+    impl Tail {
+        /// For the block at row r, column j0 of a call with this epilogue.
+        ///
+        /// # Safety
+        /// The epilogue's slices and residual cover the block.
+        #[inline(always)]
+        pub(crate) unsafe fn at(epi: &Epilogue, r: usize, j0: usize, dst_stride: usize) -> Self {
+            unsafe {
+                Tail {
+                    bias: epi.bias.map(|b| match b {
+                        Bias::Rows(v) => (v.as_ptr().add(r), false),
+                        Bias::Cols(v) => (v.as_ptr().add(j0), true),
+                    }),
+                    residual: epi.residual.map(|(p, at)| (p.add(r * dst_stride + j0), at)),
+                    relu: epi.act == Activation::Relu,
+                    whole: in_registers(epi.act),
+                }
+            }
+        }
+    }
+
+    /// Stores an M × 16·NV block of accumulators at `out` (row stride `stride`, lanes
+    /// limited by `masks`): added to what is there unless `first`, then the tail's part of
+    /// the epilogue. The accumulators come by value so that they stay in registers.
+    ///
+    /// # Safety
+    /// `out` (and the tail's pointers) cover the block.
+    #[inline(always)]
+    pub(crate) unsafe fn store<const M: usize, const NV: usize>(
+        acc: [[__m512; NV]; M],
+        out: *mut f32,
+        stride: usize,
+        masks: [__mmask16; NV],
+        first: bool,
+        tail: Option<Tail>,
+    ) {
+        unsafe {
             #[allow(clippy::needless_range_loop)]
             for i in 0..M {
-                let o = x.out.add(i * x.dst_stride);
-                let bias = x.tail.and_then(|t| t.bias);
+                let o = out.add(i * stride);
+                let bias = tail.and_then(|t| t.bias);
                 for v in 0..NV {
                     let ov = o.add(v * 16);
                     let mut val = acc[i][v];
-                    if !x.first {
+                    if !first {
                         val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(masks[v], ov));
                     }
                     match bias {
@@ -323,10 +362,9 @@ mod x86 {
                         Some((p, true)) => val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(masks[v], p.add(v * 16))),
                         None => {}
                     }
-                    if let Some(t) = x.tail {
-                        let res = t
-                            .residual
-                            .map(|(p, at)| (_mm512_maskz_loadu_ps(masks[v], p.add(i * x.dst_stride + v * 16)), at));
+                    if let Some(t) = tail {
+                        let res =
+                            t.residual.map(|(p, at)| (_mm512_maskz_loadu_ps(masks[v], p.add(i * stride + v * 16)), at));
                         if let Some((r, AddAt::BeforeAct)) = res {
                             val = _mm512_add_ps(val, r);
                         }

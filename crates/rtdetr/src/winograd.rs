@@ -14,6 +14,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::bf16::{self, Precision};
 use crate::config::Activation;
 use crate::cpu::{self, simd_dispatch, AddAt};
 use crate::sgemm;
@@ -114,6 +115,8 @@ enum Weights {
     Packed(Vec<sgemm::PackedWeights>),
     /// Row-major U[ξ][co][ci] for the `gemm` crate.
     Plain(Vec<f32>),
+    /// bf16 pairs for `--precision bf16`, one per ξ.
+    Bf16(Vec<bf16::PackedWeights>),
 }
 
 /// A stride-1 3×3 convolution with its weights in the Winograd domain.
@@ -130,13 +133,17 @@ pub struct Winograd3x3 {
 const PHASED_MAX_TILES: usize = 256;
 
 thread_local! {
+    /// Per-thread packed bf16 panel.
+    static BF16_PANEL: RefCell<bf16::Scratch> = RefCell::new(bf16::Scratch::default());
     /// Per-thread transformed input (V), products (M) and zero-padded input rows.
     static BUFS: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 impl Winograd3x3 {
     /// `weight`: (c_out, c_in, 3, 3) flattened.
-    pub fn new(weight: &[f32], c_in: usize, c_out: usize, padding: usize, tile: Tile) -> Self {
+    /// The weights are transformed for the products of `precision` (bf16 needs
+    /// [`bf16::available`]).
+    pub fn new(weight: &[f32], c_in: usize, c_out: usize, padding: usize, tile: Tile, precision: Precision) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "winograd weight shape");
         let t = tile.transform();
         let a = t.m + 2;
@@ -159,7 +166,9 @@ impl Winograd3x3 {
                 }
             }
         }
-        let u = if sgemm::available() {
+        let u = if precision == Precision::Bf16 {
+            Weights::Bf16(u.chunks_exact(c_out * c_in).map(|m| bf16::PackedWeights::new(m, c_out, c_in)).collect())
+        } else if sgemm::available() {
             Weights::Packed(u.chunks_exact(c_out * c_in).map(|m| sgemm::PackedWeights::new(m, c_out, c_in)).collect())
         } else {
             Weights::Plain(u)
@@ -185,10 +194,8 @@ impl Winograd3x3 {
         let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
         let hw = oh * ow;
         assert_eq!(x.len(), b * self.c_in * h * w, "winograd input length");
-        if th * tw <= PHASED_MAX_TILES {
-            if let Weights::Packed(u) = &self.u {
-                return self.run_phased(u, x, bias, b, h, w, residual, act);
-            }
+        if th * tw <= PHASED_MAX_TILES && !matches!(self.u, Weights::Plain(_)) {
+            return self.run_phased(x, bias, b, h, w, residual, act);
         }
         // Tile rows per task: about 128 tiles, and enough tasks for two threads.
         let rows_per_task = (64 / tw.max(1)).clamp(1, th.max(1));
@@ -221,32 +228,7 @@ impl Winograd3x3 {
                             // M[ξ] (cn × nt) = U[ξ] (cn × c_in) · V[ξ] (c_in × nt).
                             let (vx, mx) =
                                 (v.as_ptr().add(xi_idx * self.c_in * nt), mm.as_mut_ptr().add(xi_idx * cn * nt));
-                            match &self.u {
-                                Weights::Packed(u) => {
-                                    sgemm::gemm(&u[xi_idx], c0, cn, vx, nt, nt, mx, nt, sgemm::Epilogue::NONE)
-                                }
-                                Weights::Plain(u) => gemm::gemm(
-                                    nt,
-                                    cn,
-                                    self.c_in,
-                                    mx,
-                                    nt as isize,
-                                    1,
-                                    false,
-                                    vx,
-                                    nt as isize,
-                                    1,
-                                    u.as_ptr().add((xi_idx * self.c_out + c0) * self.c_in),
-                                    self.c_in as isize,
-                                    1,
-                                    0.0,
-                                    1.0,
-                                    false,
-                                    false,
-                                    false,
-                                    gemm::Parallelism::None,
-                                ),
-                            }
+                            self.product(xi_idx, c0, cn, vx, nt, mx);
                         }
                         let (y0, y1) = (r0 * m, (r1 * m).min(oh));
                         let out_base = img * self.c_out * hw;
@@ -270,6 +252,44 @@ impl Winograd3x3 {
         }
     }
 
+    /// `M[ξ] (cn × nt, row stride nt) = U[ξ] rows c0..c0+cn · V[ξ] (c_in × nt)`.
+    ///
+    /// # Safety
+    /// `v` holds c_in rows of nt, `m` cn rows of nt owned by this task; c0 is a multiple
+    /// of [`sgemm::MR`].
+    unsafe fn product(&self, xi: usize, c0: usize, cn: usize, v: *const f32, nt: usize, m: *mut f32) {
+        unsafe {
+            match &self.u {
+                Weights::Packed(u) => sgemm::gemm(&u[xi], c0, cn, v, nt, nt, m, nt, sgemm::Epilogue::NONE),
+                Weights::Bf16(u) => {
+                    BF16_PANEL
+                        .with_borrow_mut(|s| bf16::gemm(&u[xi], c0, cn, v, nt, nt, m, nt, s, sgemm::Epilogue::NONE));
+                }
+                Weights::Plain(u) => gemm::gemm(
+                    nt,
+                    cn,
+                    self.c_in,
+                    m,
+                    nt as isize,
+                    1,
+                    false,
+                    v,
+                    nt as isize,
+                    1,
+                    u.as_ptr().add((xi * self.c_out + c0) * self.c_in),
+                    self.c_in as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                ),
+            }
+        }
+    }
+
     /// Small maps, in three parallel passes per image: the input transform of all tiles
     /// (split by channels), the α² products (one task per ξ), the output transform and
     /// epilogue (split by channels). Cutting such a map into tile-row tasks would leave
@@ -278,7 +298,6 @@ impl Winograd3x3 {
     #[allow(clippy::too_many_arguments)]
     fn run_phased(
         &self,
-        u: &[sgemm::PackedWeights],
         x: &[f32],
         bias: &[f32],
         b: usize,
@@ -320,17 +339,8 @@ impl Winograd3x3 {
                     let vr = &v;
                     (0..a * a).into_par_iter().for_each(|xi_idx| {
                         // M[ξ] (c_out × nt) = U[ξ] · V[ξ] (c_in × nt).
-                        sgemm::gemm(
-                            &u[xi_idx],
-                            0,
-                            c_out,
-                            vr.as_ptr().add(xi_idx * c_in * nt),
-                            nt,
-                            nt,
-                            mp.get().add(xi_idx * c_out * nt),
-                            nt,
-                            sgemm::Epilogue::NONE,
-                        );
+                        let (vx, mx) = (vr.as_ptr().add(xi_idx * c_in * nt), mp.get().add(xi_idx * c_out * nt));
+                        self.product(xi_idx, 0, c_out, vx, nt, mx);
                     });
                     let mr = &mm;
                     let go = groups(c_out);
@@ -676,7 +686,7 @@ mod tests {
         let wt = rng.vec(co * ci * 9);
         let bias = rng.vec(co);
         let want = naive(&x, &wt, &bias, dims, pad);
-        let wino = Winograd3x3::new(&wt, ci, co, pad, tile);
+        let wino = Winograd3x3::new(&wt, ci, co, pad, tile, Precision::F32);
         let got = wino.run(&x, &bias, b, h, w, None, Activation::Identity);
         let scale = (ci as f32 * 9.0).sqrt();
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
@@ -695,6 +705,42 @@ mod tests {
             }
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() <= tol * scale, "{tile:?} {dims:?} epilogue {act:?}: {g} vs {e}");
+            }
+        }
+    }
+
+    /// bf16 products (AVX512-BF16 CPUs): the same convolution within bf16 rounding,
+    /// amplified by the transforms; both the tile-row and the phased paths.
+    #[test]
+    fn bf16_products_match_direct_convolution() {
+        if !bf16::available() {
+            eprintln!("no AVX512-BF16 on this CPU: bf16 Winograd not exercised");
+            return;
+        }
+        for (tile, tol) in [(Tile::F2, 1e-2), (Tile::F4, 4e-2)] {
+            for (seed, dims) in [(1, (1, 33, 17, 40, 37)), (2, (2, 20, 30, 70, 66)), (3, (1, 64, 64, 20, 20))] {
+                let (b, ci, co, h, w) = dims;
+                let mut rng = Rng(seed);
+                let x = rng.vec(b * ci * h * w);
+                let wt = rng.vec(co * ci * 9);
+                let bias = rng.vec(co);
+                let want = naive(&x, &wt, &bias, dims, 1);
+                let got = Winograd3x3::new(&wt, ci, co, 1, tile, Precision::Bf16).run(
+                    &x,
+                    &bias,
+                    b,
+                    h,
+                    w,
+                    None,
+                    Activation::Identity,
+                );
+                // Relative to the output's typical magnitude.
+                let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
+                let worst = got.iter().zip(&want).map(|(g, e)| (g - e).abs()).fold(0f32, f32::max) / rms;
+                eprintln!("{tile:?} {dims:?}: max |error| {worst:.4} x rms");
+                assert!(worst <= tol * 10.0, "{tile:?} {dims:?}: max error {worst} x rms");
+                let mean = got.iter().zip(&want).map(|(g, e)| (g - e).abs()).sum::<f32>() / want.len() as f32 / rms;
+                assert!(mean <= tol, "{tile:?} {dims:?}: mean error {mean} x rms");
             }
         }
     }
