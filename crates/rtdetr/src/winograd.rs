@@ -328,8 +328,9 @@ impl Winograd3x3 {
                     (0..c_in.div_ceil(gc)).into_par_iter().for_each(|gi| {
                         let (c0, c1) = (gi * gc, ((gi + 1) * gc).min(c_in));
                         let g = InGeom { c_in: c1 - c0, c_planes: c_in, h, w, pad: self.padding, r0: 0, r1: th, tw };
-                        // The call writes planes c0..c1 of every ξ: disjoint across tasks.
-                        let vs = vp.slice(c0 * nt, a * a * c_in * nt - c0 * nt);
+                        // The call writes channels c0..c1 of every ξ plane: disjoint
+                        // across tasks.
+                        let vs = Planes { ptr: vp.get().add(c0 * nt), len: a * a * c_in * nt - c0 * nt };
                         BUFS.with_borrow_mut(|(_, _, padded)| match self.tile {
                             Tile::F2 => input_f2(&xi[c0 * h * w..c1 * h * w], g, vs, padded),
                             Tile::F4 => input_f4(&xi[c0 * h * w..c1 * h * w], g, vs, padded),
@@ -377,6 +378,7 @@ impl Winograd3x3 {
         v: &mut [f32],
         padded: &mut Vec<f32>,
     ) {
+        let v = Planes::new(v);
         let g = InGeom { c_in: self.c_in, c_planes: self.c_in, h, w, pad: self.padding, r0, r1, tw };
         match self.tile {
             Tile::F2 => input_f2(x, g, v, padded),
@@ -390,6 +392,30 @@ const L: usize = 16;
 type Lanes = [f32; L];
 /// Up to 6×6 values of L tiles: `blk[i][j][lane]`.
 type Block = [[Lanes; 6]; 6];
+
+/// Where an input transform writes V: planes that several tasks fill at disjoint offsets
+/// (a raw pointer, so that no task holds a `&mut` over another's part).
+#[derive(Clone, Copy)]
+struct Planes {
+    ptr: *mut f32,
+    len: usize,
+}
+
+impl Planes {
+    fn new(v: &mut [f32]) -> Self {
+        Self { ptr: v.as_mut_ptr(), len: v.len() }
+    }
+
+    /// # Safety
+    /// The planes are still allocated and no other thread reads or writes
+    /// `off..off + src.len()` meanwhile.
+    #[inline(always)]
+    unsafe fn write(&self, off: usize, src: &[f32]) {
+        assert!(off + src.len() <= self.len, "V plane bounds");
+        // SAFETY: in bounds (checked); alive and unshared (caller).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len()) }
+    }
+}
 
 #[derive(Clone, Copy)]
 struct InGeom {
@@ -493,7 +519,7 @@ fn transpose(b: &Block, n: usize) -> Block {
 }
 
 #[inline(always)]
-fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) {
+fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>) {
     let (m, a) = (T::M, T::A);
     let nt = (g.r1 - g.r0) * g.tw;
     let plane_stride = g.c_planes * nt;
@@ -540,10 +566,11 @@ fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<
                     for j in 0..a {
                         let off = (i * a + j) * plane_stride + ci * nt + tile0;
                         if nl == L {
-                            let dst: &mut [f32; L] = (&mut v[off..off + L]).try_into().expect("L lanes");
-                            *dst = d[j][i];
+                            // SAFETY: the caller's planes; this call's channels only.
+                            unsafe { v.write(off, &d[j][i]) };
                         } else {
-                            v[off..off + nl].copy_from_slice(&d[j][i][..nl]);
+                            // SAFETY: as above.
+                            unsafe { v.write(off, &d[j][i][..nl]) };
                         }
                     }
                 }
@@ -553,21 +580,21 @@ fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<
 }
 
 #[inline(always)]
-fn input_f2_impl(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) {
+fn input_f2_impl(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>) {
     input_impl::<VF2>(x, g, v, padded)
 }
 
 #[inline(always)]
-fn input_f4_impl(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) {
+fn input_f4_impl(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>) {
     input_impl::<VF4>(x, g, v, padded)
 }
 
 simd_dispatch! {
-    fn input_f2(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) => input_f2_impl
+    fn input_f2(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>) => input_f2_impl
 }
 
 simd_dispatch! {
-    fn input_f4(x: &[f32], g: InGeom, v: &mut [f32], padded: &mut Vec<f32>) => input_f4_impl
+    fn input_f4(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>) => input_f4_impl
 }
 
 /// Writes Aᵀ M A for every tile of one output channel into `rows` (`n_rows` output rows
