@@ -51,7 +51,7 @@ impl Default for ServerConfig {
         Self {
             served_model_name: "rtdetr".into(),
             api_keys: ApiKeys::default(),
-            max_batch_size: 4,
+            max_batch_size: 2,
             max_batch_delay: Duration::from_millis(5),
             max_queue: 64,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
