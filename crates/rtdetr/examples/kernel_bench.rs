@@ -1,14 +1,26 @@
 //! Single-thread GFLOP/s of the matrix-product kernels on the convolution shapes of
-//! RT-DETR: the f32 `gemm` crate and, where the CPU has it, the bf16 kernel.
+//! RT-DETR: the `gemm` crate (the fallback without AVX-512), the packed f32 kernel and,
+//! where the CPU has it, the bf16 kernel.
 //! `cargo run --release -p rtdetr --example kernel_bench`
 use std::time::Instant;
 
 use rtdetr::bf16::{self, PackedWeights, Scratch};
-use rtdetr::sgemm;
+use rtdetr::{kernels, sgemm};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// GFLOP/s of `run` (one product of `flop` operations): the median of 5 timings of `reps`
+/// calls each.
+fn gflops(flop: f64, reps: usize, mut run: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                run();
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    flop / times[times.len() / 2] / 1e9
 }
 
 fn main() {
@@ -37,91 +49,28 @@ fn main() {
         let w: Vec<f32> = (0..rows * kdim).map(|_| rnd()).collect();
         let b: Vec<f32> = (0..kdim * cols).map(|_| rnd()).collect();
         let mut dst = vec![0f32; rows * cols];
+        let out = dst.as_mut_ptr();
         let flop = 2.0 * (rows * kdim * cols) as f64;
         let reps = ((4e9 / flop) as usize).max(3);
-        let mut f32_times = Vec::new();
-        for _ in 0..5 {
-            let t = Instant::now();
-            for _ in 0..reps {
-                unsafe {
-                    gemm::gemm(
-                        cols,
-                        rows,
-                        kdim,
-                        dst.as_mut_ptr(),
-                        cols as isize,
-                        1,
-                        false,
-                        b.as_ptr(),
-                        cols as isize,
-                        1,
-                        w.as_ptr(),
-                        kdim as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            }
-            f32_times.push(t.elapsed().as_secs_f64() / reps as f64);
-        }
-        let f32_gf = flop / median(f32_times) / 1e9;
-        let mut line = format!("rows {rows:5} kdim {kdim:5} cols {cols:5}  gemm crate {f32_gf:6.1} GFLOP/s");
+        // SAFETY (all three): w is rows × kdim, b kdim × cols, dst rows × cols.
+        let base = gflops(flop, reps, || unsafe {
+            kernels::gemm_ab(rows, cols, kdim, out, cols, w.as_ptr(), kdim, b.as_ptr(), cols)
+        });
+        let mut line = format!("rows {rows:5} kdim {kdim:5} cols {cols:5}  gemm crate {base:6.1} GFLOP/s");
         if sgemm::available() {
             let packed = sgemm::PackedWeights::new(&w, rows, kdim);
-            let mut times = Vec::new();
-            for _ in 0..5 {
-                let t = Instant::now();
-                for _ in 0..reps {
-                    unsafe {
-                        sgemm::gemm(
-                            &packed,
-                            0,
-                            rows,
-                            b.as_ptr(),
-                            cols,
-                            cols,
-                            dst.as_mut_ptr(),
-                            cols,
-                            sgemm::Epilogue::NONE,
-                        )
-                    };
-                }
-                times.push(t.elapsed().as_secs_f64() / reps as f64);
-            }
-            let gf = flop / median(times) / 1e9;
-            line += &format!("  packed f32 {gf:6.1} GFLOP/s ({:.2}x)", gf / f32_gf);
+            let gf = gflops(flop, reps, || unsafe {
+                sgemm::gemm(&packed, 0, rows, b.as_ptr(), cols, cols, out, cols, sgemm::Epilogue::NONE)
+            });
+            line += &format!("  packed f32 {gf:6.1} GFLOP/s ({:.2}x)", gf / base);
         }
         if bf16::available() {
             let packed = PackedWeights::new(&w, rows, kdim);
             let mut scratch = Scratch::default();
-            let mut times = Vec::new();
-            for _ in 0..5 {
-                let t = Instant::now();
-                for _ in 0..reps {
-                    unsafe {
-                        bf16::gemm(
-                            &packed,
-                            0,
-                            rows,
-                            b.as_ptr(),
-                            cols,
-                            cols,
-                            dst.as_mut_ptr(),
-                            cols,
-                            &mut scratch,
-                            sgemm::Epilogue::NONE,
-                        )
-                    };
-                }
-                times.push(t.elapsed().as_secs_f64() / reps as f64);
-            }
-            let gf = flop / median(times) / 1e9;
-            line += &format!("  bf16 {gf:6.1} GFLOP/s ({:.2}x)", gf / f32_gf);
+            let gf = gflops(flop, reps, || unsafe {
+                bf16::gemm(&packed, 0, rows, b.as_ptr(), cols, cols, out, cols, &mut scratch, sgemm::Epilogue::NONE)
+            });
+            line += &format!("  bf16 {gf:6.1} GFLOP/s ({:.2}x)", gf / base);
         }
         println!("{line}");
     }

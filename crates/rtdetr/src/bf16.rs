@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use crate::sgemm::{Bias, Epilogue};
+use crate::sgemm::Epilogue;
 
 /// Arithmetic used by the matrix products of convolutions and linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -161,7 +161,7 @@ impl PackedB {
 /// f32s, `dst_stride` apart.
 pub unsafe fn gemm_packed_b(a: &[f32], rows: usize, b: &PackedB, dst: *mut f32, dst_stride: usize, epi: Epilogue) {
     assert_eq!(a.len(), rows * b.kdim, "lhs shape");
-    check_epilogue(&epi, rows, b.cols);
+    epi.check(rows, b.cols);
     #[cfg(target_arch = "x86_64")]
     unsafe {
         x86::gemm_packed_b(a, rows, b, dst, dst_stride, epi)
@@ -194,7 +194,7 @@ pub unsafe fn gemm(
     epi: Epilogue,
 ) {
     assert!(r0 + nrows <= w.rows, "weight rows");
-    check_epilogue(&epi, nrows, cols);
+    epi.check(nrows, cols);
     #[cfg(target_arch = "x86_64")]
     unsafe {
         x86::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, scratch, epi)
@@ -206,20 +206,12 @@ pub unsafe fn gemm(
     }
 }
 
-fn check_epilogue(epi: &Epilogue, rows: usize, cols: usize) {
-    match epi.bias {
-        Some(Bias::Rows(v)) => assert!(v.len() >= rows, "bias length"),
-        Some(Bias::Cols(v)) => assert!(v.len() >= cols, "bias length"),
-        None => {}
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::{PackedB, PackedWeights, Scratch, MR, NC};
-    use crate::sgemm::x86::{store, Tail};
+    use crate::sgemm::x86::{lane_mask, lane_masks, store, Tail};
     use crate::sgemm::{finish_block, Epilogue};
 
     thread_local! {
@@ -346,8 +338,7 @@ mod x86 {
                 let dst = out.add((c * kp + p) * NC);
                 for v in 0..NC / 16 {
                     let j = c * NC + v * 16;
-                    let n = cols.saturating_sub(j).min(16);
-                    let mask: __mmask16 = if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 };
+                    let mask = lane_mask(cols.saturating_sub(j));
                     let x = _mm512_maskz_loadu_ps(mask, row0.add(j));
                     let y = if has1 { _mm512_maskz_loadu_ps(mask, row1.add(j)) } else { _mm512_setzero_ps() };
                     // Low 256 bits: x as bf16, high: y.
@@ -385,15 +376,7 @@ mod x86 {
                     row[3] = _mm512_dpbf16_ps(row[3], av, b3);
                 }
             }
-            let masks: [__mmask16; 4] = std::array::from_fn(|v| {
-                let n = ncols.saturating_sub(v * 16).min(16);
-                if n >= 16 {
-                    0xffff
-                } else {
-                    ((1u32 << n) - 1) as __mmask16
-                }
-            });
-            store::<M, 4>(acc, out, out_stride, masks, true, Some(tail));
+            store::<M, 4>(acc, out, out_stride, lane_masks::<4>(ncols), true, Some(tail));
         }
     }
 }
@@ -436,6 +419,7 @@ mod tests {
     fn epilogues_match_reference() {
         use crate::config::Activation;
         use crate::cpu::{act, AddAt};
+        use crate::sgemm::Bias;
         if !available() {
             eprintln!("no AVX512-BF16 on this CPU: bf16 kernel not exercised");
             return;

@@ -322,32 +322,21 @@ impl Conv2d {
             // SAFETY: c0 is a multiple of MR (plan); bounds as documented.
             unsafe { sgemm::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, out_stride, epi) };
             return;
-        } else {
-            // gemm is column-major: m = positions (unit stride), n = output channels.
-            unsafe {
-                gemm::gemm(
-                    cols,
-                    rows,
-                    kdim,
-                    out,
-                    out_stride as isize,
-                    1,
-                    false,
-                    lhs,
-                    lhs_stride as isize,
-                    1,
-                    self.weight.as_ptr().add(c0 * kdim),
-                    kdim as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
         }
+        // SAFETY: bounds as documented; rows c0.. of the weight exist.
+        unsafe {
+            crate::kernels::gemm_ab(
+                rows,
+                cols,
+                kdim,
+                out,
+                out_stride,
+                self.weight.as_ptr().add(c0 * kdim),
+                kdim,
+                lhs,
+                lhs_stride,
+            )
+        };
         // The `gemm` crate leaves the epilogue to this pass over the tile.
         for r in 0..rows {
             let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_stride), cols) };

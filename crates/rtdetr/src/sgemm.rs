@@ -94,6 +94,15 @@ pub struct Epilogue<'a> {
 impl Epilogue<'_> {
     /// The plain product.
     pub const NONE: Epilogue<'static> = Epilogue { bias: None, residual: None, act: Activation::Identity };
+
+    /// Panics unless the bias covers a `rows` × `cols` product (the kernels read it raw).
+    pub(crate) fn check(&self, rows: usize, cols: usize) {
+        match self.bias {
+            Some(Bias::Rows(v)) => assert!(v.len() >= rows, "bias length"),
+            Some(Bias::Cols(v)) => assert!(v.len() >= cols, "bias length"),
+            None => {}
+        }
+    }
 }
 
 /// `dst[r·dst_stride + j] = epilogue(Σ_k W[r0 + r][k] · b[k·b_stride + j])` for r < nrows,
@@ -117,11 +126,7 @@ pub unsafe fn gemm(
     epi: Epilogue,
 ) {
     assert!(r0.is_multiple_of(MR) && r0 + nrows <= w.rows, "weight rows");
-    match epi.bias {
-        Some(Bias::Rows(v)) => assert!(v.len() >= nrows, "bias length"),
-        Some(Bias::Cols(v)) => assert!(v.len() >= cols, "bias length"),
-        None => {}
-    }
+    epi.check(nrows, cols);
     #[cfg(target_arch = "x86_64")]
     unsafe {
         x86::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi)
@@ -248,10 +253,9 @@ pub(crate) mod x86 {
         bias: Option<(*const f32, bool)>,
         /// At the block's origin, dst's stride.
         residual: Option<(*const f32, AddAt)>,
-        relu: bool,
-        /// The whole epilogue (bias, residual, ReLU) is done here; else only the bias and a
-        /// BeforeAct residual.
-        whole: bool,
+        /// Applied here (with an AfterAct residual) when [`in_registers`]; else only the
+        /// bias and a BeforeAct residual are, and [`finish_block`] does the rest.
+        act: Activation,
     }
 
     /// The kernel for m rows and nv vectors of columns (a tail chunk runs only the
@@ -284,14 +288,7 @@ pub(crate) mod x86 {
     #[inline(always)]
     unsafe fn kernel<const M: usize, const NV: usize>(x: Args) {
         unsafe {
-            let masks: [__mmask16; NV] = std::array::from_fn(|v| {
-                let n = x.ncols.saturating_sub(v * 16).min(16);
-                if n >= 16 {
-                    0xffff
-                } else {
-                    ((1u32 << n) - 1) as __mmask16
-                }
-            });
+            let masks = lane_masks::<NV>(x.ncols);
             let mut acc = [[_mm512_setzero_ps(); NV]; M];
             // Masked loads (all-ones but for a tail chunk) keep one loop body: LLVM then
             // holds the accumulators in registers.
@@ -310,6 +307,22 @@ pub(crate) mod x86 {
         }
     }
 
+    /// The lanes of the first `n` of 16 values.
+    #[inline(always)]
+    pub(crate) fn lane_mask(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// The lane masks of NV vectors covering `ncols` columns.
+    #[inline(always)]
+    pub(crate) fn lane_masks<const NV: usize>(ncols: usize) -> [__mmask16; NV] {
+        std::array::from_fn(|v| lane_mask(ncols.saturating_sub(v * 16)))
+    }
+
     impl Tail {
         /// For the block at row r, column j0 of a call with this epilogue.
         ///
@@ -324,8 +337,7 @@ pub(crate) mod x86 {
                         Bias::Cols(v) => (v.as_ptr().add(j0), true),
                     }),
                     residual: epi.residual.map(|(p, at)| (p.add(r * dst_stride + j0), at)),
-                    relu: epi.act == Activation::Relu,
-                    whole: in_registers(epi.act),
+                    act: epi.act,
                 }
             }
         }
@@ -368,8 +380,8 @@ pub(crate) mod x86 {
                         if let Some((r, AddAt::BeforeAct)) = res {
                             val = _mm512_add_ps(val, r);
                         }
-                        if t.whole {
-                            if t.relu {
+                        if in_registers(t.act) {
+                            if t.act == Activation::Relu {
                                 val = _mm512_max_ps(val, _mm512_setzero_ps());
                             }
                             if let Some((r, AddAt::AfterAct)) = res {

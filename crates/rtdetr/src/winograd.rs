@@ -129,6 +129,18 @@ pub struct Winograd3x3 {
     padding: usize,
 }
 
+/// One call's sizes: output tile m×m from input patch a×a (a = m + 2), output oh×ow,
+/// th×tw tiles.
+#[derive(Clone, Copy)]
+struct Geometry {
+    m: usize,
+    a: usize,
+    oh: usize,
+    ow: usize,
+    th: usize,
+    tw: usize,
+}
+
 /// Maps of at most this many tiles take [`Winograd3x3::run_phased`].
 const PHASED_MAX_TILES: usize = 256;
 
@@ -176,6 +188,13 @@ impl Winograd3x3 {
         Self { tile, u, c_in, c_out, padding }
     }
 
+    /// Tile and output sizes for an `h`×`w` input.
+    fn geometry(&self, h: usize, w: usize) -> Geometry {
+        let m = self.tile.transform().m;
+        let (oh, ow) = (h + 2 * self.padding - 2, w + 2 * self.padding - 2);
+        Geometry { m, a: m + 2, oh, ow, th: oh.div_ceil(m), tw: ow.div_ceil(m) }
+    }
+
     /// Same contract as [`crate::conv::Conv2d::run`] for a 3×3 stride-1 convolution.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
@@ -188,14 +207,12 @@ impl Winograd3x3 {
         residual: Option<(&[f32], AddAt)>,
         act: Activation,
     ) -> Vec<f32> {
-        let t = self.tile.transform();
-        let (m, a) = (t.m, t.m + 2);
-        let (oh, ow) = (h + 2 * self.padding - 2, w + 2 * self.padding - 2);
-        let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
+        let geom = self.geometry(h, w);
+        let Geometry { m, a, oh, ow, th, tw } = geom;
         let hw = oh * ow;
         assert_eq!(x.len(), b * self.c_in * h * w, "winograd input length");
         if th * tw <= PHASED_MAX_TILES && !matches!(self.u, Weights::Plain(_)) {
-            return self.run_phased(x, bias, b, h, w, residual, act);
+            return self.run_phased(x, bias, b, h, w, geom, residual, act);
         }
         // Tile rows per task: about 128 tiles, and enough tasks for two threads.
         let rows_per_task = (64 / tw.max(1)).clamp(1, th.max(1));
@@ -265,26 +282,16 @@ impl Winograd3x3 {
                     BF16_PANEL
                         .with_borrow_mut(|s| bf16::gemm(&u[xi], c0, cn, v, nt, nt, m, nt, s, sgemm::Epilogue::NONE));
                 }
-                Weights::Plain(u) => gemm::gemm(
-                    nt,
+                Weights::Plain(u) => crate::kernels::gemm_ab(
                     cn,
+                    nt,
                     self.c_in,
                     m,
-                    nt as isize,
-                    1,
-                    false,
-                    v,
-                    nt as isize,
-                    1,
+                    nt,
                     u.as_ptr().add((xi * self.c_out + c0) * self.c_in),
-                    self.c_in as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    self.c_in,
+                    v,
+                    nt,
                 ),
             }
         }
@@ -303,13 +310,11 @@ impl Winograd3x3 {
         b: usize,
         h: usize,
         w: usize,
+        geom: Geometry,
         residual: Option<(&[f32], AddAt)>,
         act: Activation,
     ) -> Vec<f32> {
-        let m = self.tile.transform().m;
-        let a = m + 2;
-        let (oh, ow) = (h + 2 * self.padding - 2, w + 2 * self.padding - 2);
-        let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
+        let Geometry { a, oh, ow, th, tw, .. } = geom;
         let (nt, hw) = (th * tw, oh * ow);
         let (c_in, c_out) = (self.c_in, self.c_out);
         // Channel groups per transform pass: a few per thread for balance.
