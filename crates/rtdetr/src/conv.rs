@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use crate::bf16::{self, PackedWeights, Precision};
 use crate::config::Activation;
-use crate::cpu::{self, AddAt};
+use crate::cpu::{self, simd_dispatch, AddAt};
 use crate::error::{Error, Result};
 use crate::sgemm;
 use crate::winograd::{Tile, Winograd3x3};
@@ -353,48 +353,89 @@ impl Conv2d {
     /// Gathers the receptive fields of output positions p0..p0+cols of one image into
     /// `buf` laid out as [c_in·k·k][cols] (zeros for padding).
     fn im2col(&self, x: &[f32], g: Geom, p0: usize, cols: usize, buf: &mut [f32]) {
-        let (k, s, pad) = (self.kernel, self.stride, self.padding as isize);
-        for ci in 0..self.c_in {
-            let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut buf[((ci * k + ky) * k + kx) * cols..][..cols];
-                    // Output columns ox whose input column ox·s + kx − pad is inside.
-                    let lo = ((pad - kx as isize).max(0) as usize).div_ceil(s).min(g.ow);
-                    let hi = ((g.w as isize + pad - kx as isize).max(0) as usize).div_ceil(s).clamp(lo, g.ow);
-                    let mut t = 0;
-                    while t < cols {
-                        let p = p0 + t;
-                        let (oy, ox0) = (p / g.ow, p % g.ow);
-                        let n = (g.ow - ox0).min(cols - t);
-                        let seg = &mut row[t..t + n];
-                        let iy = (oy * s + ky) as isize - pad;
-                        if iy < 0 || iy >= g.h as isize {
-                            seg.fill(0.0);
-                        } else {
-                            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                            let (a, bnd) = (lo.clamp(ox0, ox0 + n), hi.clamp(ox0, ox0 + n));
-                            seg[..a - ox0].fill(0.0);
-                            seg[bnd - ox0..].fill(0.0);
-                            let inner = &mut seg[a - ox0..bnd - ox0];
-                            if !inner.is_empty() {
-                                // Inside the map by the choice of lo and hi.
-                                let f = a * s + kx - self.padding;
-                                if s == 1 {
-                                    inner.copy_from_slice(&src[f..f + inner.len()]);
-                                } else {
-                                    for (j, v) in inner.iter_mut().enumerate() {
-                                        *v = src[f + j * s];
-                                    }
-                                }
+        let layer = Im2col { c_in: self.c_in, k: self.kernel, s: self.stride, pad: self.padding };
+        im2col(x, layer, g, p0, cols, buf)
+    }
+}
+
+/// The geometry of a convolution that [`im2col`] needs.
+#[derive(Debug, Clone, Copy)]
+struct Im2col {
+    c_in: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+}
+
+#[inline(always)]
+fn im2col_impl(x: &[f32], layer: Im2col, g: Geom, p0: usize, cols: usize, buf: &mut [f32]) {
+    let Im2col { c_in, k, s, pad } = layer;
+    let ipad = pad as isize;
+    // The tile's runs of consecutive positions within one output row: (output row, first
+    // output column, offset in the tile, length), the same for every buffer row.
+    let mut runs = Vec::with_capacity(cols / g.ow.max(1) + 2);
+    let mut t = 0;
+    while t < cols {
+        let (oy, ox0) = ((p0 + t) / g.ow, (p0 + t) % g.ow);
+        let n = (g.ow - ox0).min(cols - t);
+        runs.push((oy, ox0, t, n));
+        t += n;
+    }
+    for ci in 0..c_in {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut buf[((ci * k + ky) * k + kx) * cols..][..cols];
+                // Output columns ox whose input column ox·s + kx − pad is inside.
+                let lo = ((ipad - kx as isize).max(0) as usize).div_ceil(s).min(g.ow);
+                let hi = ((g.w as isize + ipad - kx as isize).max(0) as usize).div_ceil(s).clamp(lo, g.ow);
+                for &(oy, ox0, t, n) in &runs {
+                    let seg = &mut row[t..t + n];
+                    let iy = (oy * s + ky) as isize - ipad;
+                    if iy < 0 || iy >= g.h as isize {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let (a, bnd) = (lo.clamp(ox0, ox0 + n), hi.clamp(ox0, ox0 + n));
+                    seg[..a - ox0].fill(0.0);
+                    seg[bnd - ox0..].fill(0.0);
+                    let inner = &mut seg[a - ox0..bnd - ox0];
+                    if inner.is_empty() {
+                        continue;
+                    }
+                    // Inside the map by the choice of lo and hi.
+                    let f = a * s + kx - pad;
+                    let src = &src[f..f + (inner.len() - 1) * s + 1];
+                    match s {
+                        1 => inner.copy_from_slice(src),
+                        // Pairs, so that the even elements load as two vectors and a
+                        // shuffle.
+                        2 => {
+                            let (pairs, last) = src.as_chunks::<2>();
+                            for (v, pair) in inner.iter_mut().zip(pairs) {
+                                *v = pair[0];
+                            }
+                            if let (Some(v), [l]) = (inner.last_mut(), last) {
+                                *v = *l;
                             }
                         }
-                        t += n;
+                        _ => {
+                            for (v, e) in inner.iter_mut().zip(src.iter().step_by(s)) {
+                                *v = *e;
+                            }
+                        }
                     }
                 }
             }
         }
     }
+}
+
+simd_dispatch! {
+    /// Gathers the receptive fields of output positions p0..p0+cols of one image into
+    /// `buf` laid out as [c_in·k·k][cols] (zeros for padding).
+    fn im2col(x: &[f32], layer: Im2col, g: Geom, p0: usize, cols: usize, buf: &mut [f32]) => im2col_impl
 }
 
 /// The Winograd tile for stride-1 3×3 layers: F(4×4, 3×3) unless `RTDETR_WINOGRAD=off|2|4`
@@ -536,6 +577,10 @@ mod tests {
         // No padding, and a 5x5 kernel with stride 3.
         check(13, 1, 7, 9, 12, 10, 3, 1, 0);
         check(14, 2, 3, 4, 16, 13, 5, 3, 2);
+        // Stride 2 on rows long enough for the vectorised gather's body and tails, with
+        // and without padding, odd and even widths.
+        check(15, 1, 2, 3, 7, 263, 3, 2, 1);
+        check(16, 1, 5, 4, 40, 130, 3, 2, 0);
     }
 
     fn conv_tensor(conv: &Conv2d, x: &Tensor) -> Tensor {
