@@ -293,14 +293,17 @@ mod x86 {
         epi: &Epilogue,
     ) {
         unsafe {
-            for c in 0..cols.div_ceil(NC) {
-                let bc = packed.add(c * kp * NC);
-                let j0 = c * NC;
-                let ncols = NC.min(cols - j0);
-                let mut r = 0;
-                while r < nrows {
-                    let m = MR.min(nrows - r);
-                    let a = a.add(r * kp);
+            // Row blocks outside, chunks inside: each block of output rows is written as
+            // long sequential runs (r50vd bf16 ~410 -> ~394 ms); the packed panel is
+            // re-read from L2 per block, the block's weights stay in L1.
+            let mut r = 0;
+            while r < nrows {
+                let m = MR.min(nrows - r);
+                let a = a.add(r * kp);
+                for c in 0..cols.div_ceil(NC) {
+                    let bc = packed.add(c * kp * NC);
+                    let j0 = c * NC;
+                    let ncols = NC.min(cols - j0);
                     let out = dst.add(r * dst_stride + j0);
                     let tail = Tail::at(epi, r, j0, dst_stride);
                     match m {
@@ -312,8 +315,8 @@ mod x86 {
                         _ => kernel::<1>(a, kp, bc, out, dst_stride, ncols, tail),
                     }
                     finish_block(out, dst_stride, m, ncols, epi, r, j0);
-                    r += m;
                 }
+                r += m;
             }
         }
     }

@@ -528,21 +528,25 @@ fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>
     let (m, a) = (T::M, T::A);
     let nt = (g.r1 - g.r0) * g.tw;
     let plane_stride = g.c_planes * nt;
-    // Row copies long enough for a 128-wide window at every chunk.
+    // The channel's input rows of tile rows r0..r1, zero-padded, each long enough for a
+    // 128-wide window at every chunk. Zeroed once: the copies below only write the
+    // image's columns of the image's rows, so padding stays zero across channels.
     let width = g.tw.div_ceil(L) * L * m + 128;
-    padded.resize(a * width, 0.0);
+    let n_rows = (g.r1 - g.r0) * m + 2;
+    padded.clear();
+    padded.resize(n_rows * width, 0.0);
+    let y0 = (g.r0 * m) as isize - g.pad as isize;
+    let n = g.w.min(width - g.pad);
     for ci in 0..g.c_in {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ty in g.r0..g.r1 {
-            for i in 0..a {
-                let row = &mut padded[i * width..(i + 1) * width];
-                let yy = (ty * m + i) as isize - g.pad as isize;
-                row.fill(0.0);
-                if yy >= 0 && yy < g.h as isize {
-                    let n = g.w.min(width - g.pad);
-                    row[g.pad..g.pad + n].copy_from_slice(&plane[yy as usize * g.w..yy as usize * g.w + n]);
-                }
+        for (r, row) in padded.chunks_exact_mut(width).enumerate() {
+            let yy = y0 + r as isize;
+            if yy >= 0 && yy < g.h as isize {
+                row[g.pad..g.pad + n].copy_from_slice(&plane[yy as usize * g.w..yy as usize * g.w + n]);
             }
+        }
+        for ty in g.r0..g.r1 {
+            let rows = &padded[(ty - g.r0) * m * width..];
             for tx0 in (0..g.tw).step_by(L) {
                 let nl = L.min(g.tw - tx0);
                 let mut d: Block = [[[0f32; L]; 6]; 6];
@@ -550,7 +554,7 @@ fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>
                     // Patch column k of lane l is row[l·m + k] (constant offsets in a
                     // fixed-size window, so the loads vectorise as shuffles).
                     let row: &[f32; 128] =
-                        padded[i * width + tx0 * m..i * width + tx0 * m + 128].try_into().expect("window");
+                        rows[i * width + tx0 * m..i * width + tx0 * m + 128].try_into().expect("window");
                     for (k, dk) in di.iter_mut().enumerate().take(a) {
                         for (l, v) in dk.iter_mut().enumerate() {
                             *v = row[l * T::M + k];
