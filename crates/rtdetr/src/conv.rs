@@ -232,7 +232,10 @@ impl Conv2d {
         }
         let kdim = self.c_in * self.kernel * self.kernel;
         let direct = self.kernel == 1 && self.stride == 1 && self.padding == 0;
-        let (tile, cblock) = plan(hw, kdim, self.c_out, b);
+        // Tasks whose panel is built per task (im2col, or the bf16 packing) split the
+        // columns first, so that no two tasks build the same panel.
+        let narrow = !direct || bf16::precision() == Precision::Bf16;
+        let (tile, cblock) = plan(hw, kdim, self.c_out, b, narrow);
         let n_tiles = hw.div_ceil(tile);
         let n_cblocks = self.c_out.div_ceil(cblock);
         let tasks = b * n_tiles * n_cblocks;
@@ -465,15 +468,21 @@ fn winograd_tile_bf16() -> Option<Tile> {
 
 /// Tile width (output positions) and output-channel block of each task, chosen so that a
 /// tile's im2col panel stays in the L2/L3 caches and there are enough tasks to balance
-/// two threads.
-fn plan(hw: usize, kdim: usize, c_out: usize, batch: usize) -> (usize, usize) {
+/// two threads: by narrower tiles (down to 64 positions) where `narrow_first`, then by
+/// output-channel blocks.
+fn plan(hw: usize, kdim: usize, c_out: usize, batch: usize, narrow_first: bool) -> (usize, usize) {
+    const MIN_TASKS: usize = 8;
     // About 1 MiB of im2col panel per task, in multiples of 64 positions.
-    let tile = ((256 * 1024 / kdim.max(1)) / 64 * 64).clamp(64, 1024);
+    let mut tile = ((256 * 1024 / kdim.max(1)) / 64 * 64).clamp(64, 1024);
+    let per_image = MIN_TASKS.div_ceil(batch.max(1));
+    if narrow_first && hw.div_ceil(tile) < per_image {
+        tile = hw.div_ceil(per_image).next_multiple_of(64).min(tile);
+    }
     let tile = if hw <= tile { hw } else { hw.div_ceil(hw.div_ceil(tile)).next_multiple_of(16).min(hw) };
     let tasks = batch * hw.div_ceil(tile);
     // Small maps: split the output channels too so both threads get work.
     let mut cblock = c_out;
-    while tasks * c_out.div_ceil(cblock) < 8 && cblock >= 64 {
+    while tasks * c_out.div_ceil(cblock) < MIN_TASKS && cblock >= 64 {
         // Whole weight panels of the packed kernel.
         cblock = (cblock / 2).next_multiple_of(sgemm::MR);
     }
