@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use crate::config::{Activation, RtDetrConfig};
 use crate::cpu::with_f32;
-use crate::deform_attn::{ms_deform_attn, MsdaDims};
+use crate::deform_attn::{sample_memory, MsdaDims};
 use crate::error::Result;
 use crate::kernels::softmax_rows;
 use crate::nn::{add, multi_head_attention, LayerNorm, Linear, MlpHead};
@@ -51,7 +51,6 @@ impl DeformableAttention {
         let (b, q, d) = query.dims3()?;
         let (h, l, p) = (self.heads, self.levels, self.points);
         let s = memory.dim(1)?;
-        let value = with_f32(memory, |m| self.value_proj.run(m, b * s, None, Activation::Identity))?;
         let (mut locations, weights) = with_f32(query, |qs| {
             let offsets = self.sampling_offsets.run(qs, b * q, None, Activation::Identity);
             let mut weights = self.attention_weights.run(qs, b * q, None, Activation::Identity);
@@ -71,7 +70,16 @@ impl DeformableAttention {
             }
         })?;
         let dims = MsdaDims { batch: b, queries: q, heads: h, head_dim: d / h, points: p };
-        let out = ms_deform_attn(&value, shapes, &locations, &weights, dims);
+        // Sample the memory, then project the samples per head: the same sums as projecting
+        // every memory position first (see `sample_memory`).
+        let started = crate::flops::start();
+        let (sampled, in_bounds) = with_f32(memory, |m| sample_memory(m, shapes, &locations, &weights, dims))?;
+        let out = self.value_proj.run_per_head(&sampled, b * q, h, &in_bounds);
+        // The model's nominal cost: the value projection of all S positions, then the
+        // four bilinear corners per sample.
+        let flops = 2 * (b * s * d * d) as u64 + (8 * weights.len() * (d / h)) as u64;
+        crate::flops::add(flops);
+        crate::flops::record(started, || format!("deformable attention {h}x{} {b}x{q}x{p}", d / h), flops);
         let out = Tensor::from_vec(out, (b, q, d), query.device())?;
         self.output_proj.forward_with(&out, Some(residual), Activation::Identity)
     }

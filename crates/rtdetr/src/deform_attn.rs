@@ -18,85 +18,136 @@ pub struct MsdaDims {
     pub points: usize,
 }
 
-/// `value`: (B, S, heads, head_dim) with S = Σ h_l·w_l, levels concatenated in order.
-/// `levels`: (height, width) of each level. `locations`: (B, Q, heads, L, P, 2) as (x, y)
-/// in [0, 1] (outside is allowed: those samples read zeros). `weights`: (B, Q, heads, L, P).
-/// Returns (B, Q, heads·head_dim).
-pub fn ms_deform_attn(
-    value: &[f32],
-    levels: &[(usize, usize)],
-    locations: &[f32],
-    weights: &[f32],
-    d: MsdaDims,
-) -> Vec<f32> {
-    let MsdaDims { batch, queries, heads, head_dim, points } = d;
-    let n_levels = levels.len();
-    let seq: usize = levels.iter().map(|(h, w)| h * w).sum();
-    let mut starts = Vec::with_capacity(n_levels);
+/// Starts of each level in the flattened sequence, and its length.
+fn level_starts(levels: &[(usize, usize)]) -> (Vec<usize>, usize) {
+    let mut starts = Vec::with_capacity(levels.len());
     let mut acc = 0;
     for (h, w) in levels {
         starts.push(acc);
         acc += h * w;
     }
-    assert_eq!(value.len(), batch * seq * heads * head_dim, "value shape");
-    assert_eq!(weights.len(), batch * queries * heads * n_levels * points, "weights shape");
-    assert_eq!(locations.len(), weights.len() * 2, "locations shape");
-    let row = heads * head_dim;
-    // Four bilinear corners, a multiply-add per channel each.
-    let flops = (8 * weights.len() * head_dim) as u64;
-    crate::flops::add(flops);
-    let started = crate::flops::start();
-    let mut out = vec![0f32; batch * queries * row];
-    out.par_chunks_mut(row).enumerate().for_each(|(bq, dst)| {
-        let b = bq / queries;
-        let vb = &value[b * seq * row..(b + 1) * seq * row];
-        for h in 0..heads {
-            let acc = &mut dst[h * head_dim..(h + 1) * head_dim];
-            let base = (bq * heads + h) * n_levels * points;
-            for (l, &(lh, lw)) in levels.iter().enumerate() {
-                for p in 0..points {
-                    let i = base + l * points + p;
-                    let a = weights[i];
-                    // Same arithmetic as the reference: grid = 2·loc − 1, then
-                    // grid_sample's unnormalisation ((grid + 1)·size − 1) / 2.
-                    let gx = 2.0 * locations[2 * i] - 1.0;
-                    let gy = 2.0 * locations[2 * i + 1] - 1.0;
-                    let x = ((gx + 1.0) * lw as f32 - 1.0) / 2.0;
-                    let y = ((gy + 1.0) * lh as f32 - 1.0) / 2.0;
-                    if !(x.is_finite() && y.is_finite()) {
-                        continue;
-                    }
-                    let x0 = x.floor();
-                    let y0 = y.floor();
-                    let (fx, fy) = (x - x0, y - y0);
-                    let (x0, y0) = (x0 as i64, y0 as i64);
-                    let corners = [
-                        (y0, x0, (1.0 - fy) * (1.0 - fx)),
-                        (y0, x0 + 1, (1.0 - fy) * fx),
-                        (y0 + 1, x0, fy * (1.0 - fx)),
-                        (y0 + 1, x0 + 1, fy * fx),
-                    ];
-                    for (cy, cx, cw) in corners {
-                        if cy < 0 || cx < 0 || cy >= lh as i64 || cx >= lw as i64 {
-                            continue;
-                        }
-                        let pos = starts[l] + cy as usize * lw + cx as usize;
-                        let src = &vb[pos * row + h * head_dim..pos * row + (h + 1) * head_dim];
-                        let s = a * cw;
-                        for (o, v) in acc.iter_mut().zip(src) {
-                            *o += s * v;
-                        }
-                    }
+    (starts, acc)
+}
+
+/// Calls `f(position, weight)` for every in-bounds bilinear corner of the sampling points
+/// of one (query, head): `locations`/`weights` start at its first (level, point).
+#[inline(always)]
+fn for_each_corner(
+    levels: &[(usize, usize)],
+    starts: &[usize],
+    points: usize,
+    locations: &[f32],
+    weights: &[f32],
+    mut f: impl FnMut(usize, f32),
+) {
+    for (l, &(lh, lw)) in levels.iter().enumerate() {
+        for p in 0..points {
+            let i = l * points + p;
+            let a = weights[i];
+            // Same arithmetic as the reference: grid = 2·loc − 1, then grid_sample's
+            // unnormalisation ((grid + 1)·size − 1) / 2.
+            let gx = 2.0 * locations[2 * i] - 1.0;
+            let gy = 2.0 * locations[2 * i + 1] - 1.0;
+            let x = ((gx + 1.0) * lw as f32 - 1.0) / 2.0;
+            let y = ((gy + 1.0) * lh as f32 - 1.0) / 2.0;
+            if !(x.is_finite() && y.is_finite()) {
+                continue;
+            }
+            let x0 = x.floor();
+            let y0 = y.floor();
+            let (fx, fy) = (x - x0, y - y0);
+            let (x0, y0) = (x0 as i64, y0 as i64);
+            let corners = [
+                (y0, x0, (1.0 - fy) * (1.0 - fx)),
+                (y0, x0 + 1, (1.0 - fy) * fx),
+                (y0 + 1, x0, fy * (1.0 - fx)),
+                (y0 + 1, x0 + 1, fy * fx),
+            ];
+            for (cy, cx, cw) in corners {
+                if cy < 0 || cx < 0 || cy >= lh as i64 || cx >= lw as i64 {
+                    continue;
                 }
+                f(starts[l] + cy as usize * lw + cx as usize, a * cw);
             }
         }
+    }
+}
+
+/// The sampling of multi-scale deformable attention applied to the encoder memory
+/// itself rather than to its value projection.
+///
+/// The value projection is linear and the sampling a weighted sum, so
+/// `Σ w·(W·m + b) = W·(Σ w·m) + b·Σ w` per head: sampling the d_model-wide memory for each
+/// (query, head) and projecting those vectors afterwards
+/// ([`crate::nn::Linear::run_per_head`]) equals projecting all S memory positions and
+/// sampling the head's slice, for a fraction of the work (r50vd at 640: 300 queries × 8
+/// heads projected through a 32-row slice each, instead of 8400 positions through all 256
+/// rows: 1.1 GFLOP less per decoder layer).
+///
+/// `memory`: (B, S, d_model = heads·head_dim) with S = Σ h_l·w_l, levels concatenated in order. `levels`:
+/// (height, width) of each level. `locations`: (B, Q, heads, L, P, 2) as (x, y) in [0, 1]
+/// (outside is allowed: those samples read zeros). `weights`: (B, Q, heads, L, P).
+/// Returns the sampled memory (B, Q, heads, d_model) and the weight of the in-bounds
+/// samples per (B, Q, heads), which multiplies the projection's bias.
+pub fn sample_memory(
+    memory: &[f32],
+    levels: &[(usize, usize)],
+    locations: &[f32],
+    weights: &[f32],
+    d: MsdaDims,
+) -> (Vec<f32>, Vec<f32>) {
+    let MsdaDims { batch, queries, heads, head_dim, points } = d;
+    let d_model = heads * head_dim;
+    let n_levels = levels.len();
+    let (starts, seq) = level_starts(levels);
+    assert_eq!(memory.len(), batch * seq * d_model, "memory shape");
+    assert_eq!(weights.len(), batch * queries * heads * n_levels * points, "weights shape");
+    assert_eq!(locations.len(), weights.len() * 2, "locations shape");
+    let per_head = n_levels * points;
+    let mut sampled = vec![0f32; batch * queries * heads * d_model];
+    let mut in_bounds = vec![0f32; batch * queries * heads];
+    sampled.par_chunks_mut(d_model).zip(in_bounds.par_iter_mut()).enumerate().for_each(|(bqh, (acc, total))| {
+        let b = bqh / (queries * heads);
+        let mb = &memory[b * seq * d_model..(b + 1) * seq * d_model];
+        let (loc, w) = (&locations[2 * bqh * per_head..][..2 * per_head], &weights[bqh * per_head..][..per_head]);
+        *total = sample_one(acc, mb, levels, &starts, points, loc, w);
     });
-    crate::flops::record(
-        started,
-        || format!("deformable attention {heads}x{head_dim} {batch}x{queries}x{points}"),
-        flops,
-    );
-    out
+    (sampled, in_bounds)
+}
+
+#[inline(always)]
+fn sample_one_impl(
+    acc: &mut [f32],
+    memory: &[f32],
+    levels: &[(usize, usize)],
+    starts: &[usize],
+    points: usize,
+    locations: &[f32],
+    weights: &[f32],
+) -> f32 {
+    let width = acc.len();
+    let mut sum = 0f32;
+    for_each_corner(levels, starts, points, locations, weights, |pos, s| {
+        for (o, v) in acc.iter_mut().zip(&memory[pos * width..(pos + 1) * width]) {
+            *o += s * v;
+        }
+        sum += s;
+    });
+    sum
+}
+
+crate::cpu::simd_dispatch! {
+    /// Accumulates the weighted memory rows of one (query, head) into `acc` (d_model
+    /// wide); returns the sum of their weights.
+    fn sample_one(
+        acc: &mut [f32],
+        memory: &[f32],
+        levels: &[(usize, usize)],
+        starts: &[usize],
+        points: usize,
+        locations: &[f32],
+        weights: &[f32],
+    ) -> f32 => sample_one_impl
 }
 
 #[cfg(test)]
@@ -147,19 +198,33 @@ mod tests {
         out
     }
 
+    use crate::nn::Linear;
     use crate::test_rng::Rng;
 
+    /// The kernel path (sample the memory, project per head) against the reference's
+    /// order (project every position, then sample each head's slice).
     fn check(levels: &[(usize, usize)], d: MsdaDims, seed: u64, loc_range: (f32, f32)) {
         let mut rng = Rng(seed);
         let seq: usize = levels.iter().map(|(h, w)| h * w).sum();
-        let value: Vec<f32> = (0..d.batch * seq * d.heads * d.head_dim).map(|_| rng.next()).collect();
+        let d_model = d.heads * d.head_dim;
+        let memory: Vec<f32> = (0..d.batch * seq * d_model).map(|_| rng.next()).collect();
+        let (weight, bias) = (rng.vec(d_model * d_model), rng.vec(d_model));
+        let proj = Linear::new(weight.clone(), bias.clone(), d_model, d_model);
+        let value: Vec<f32> = memory
+            .chunks_exact(d_model)
+            .flat_map(|m| {
+                let (weight, bias) = (&weight, &bias);
+                (0..d_model).map(move |o| bias[o] + (0..d_model).map(|i| weight[o * d_model + i] * m[i]).sum::<f32>())
+            })
+            .collect();
         let n = d.batch * d.queries * d.heads * levels.len() * d.points;
         let loc: Vec<f32> = (0..2 * n).map(|_| loc_range.0 + rng.unit() * (loc_range.1 - loc_range.0)).collect();
         let w: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
-        let got = ms_deform_attn(&value, levels, &loc, &w, d);
+        let (sampled, in_bounds) = sample_memory(&memory, levels, &loc, &w, d);
+        let got = proj.run_per_head(&sampled, d.batch * d.queries, d.heads, &in_bounds);
         let want = naive(&value, levels, &loc, &w, d);
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-            assert!((g - e).abs() <= 1e-5, "index {i}: {g} vs {e}");
+            assert!((g - e).abs() <= 1e-4 * e.abs().max(1.0), "index {i}: {g} vs {e}");
         }
     }
 
@@ -167,8 +232,11 @@ mod tests {
     fn matches_naive_on_random_shapes() {
         let d = MsdaDims { batch: 2, queries: 7, heads: 3, head_dim: 5, points: 4 };
         check(&[(8, 6), (4, 3), (2, 2)], d, 1, (0.0, 1.0));
-        // Points outside the map read zeros at the border.
+        // Points outside the map read zeros at the border (and so drop the bias).
         check(&[(5, 7), (3, 4)], d, 2, (-0.3, 1.3));
+        // More rows than the projection's row blocks.
+        let d = MsdaDims { batch: 1, queries: 37, heads: 2, head_dim: 3, points: 2 };
+        check(&[(6, 5), (3, 3)], d, 5, (-0.1, 1.1));
     }
 
     #[test]
@@ -182,20 +250,21 @@ mod tests {
 
     #[test]
     fn exact_pixel_centres_return_the_pixel() {
-        // A location at a pixel centre samples exactly that pixel.
+        // A location at a pixel centre samples exactly that pixel, with its full weight.
         let levels = [(2usize, 3usize)];
         let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, points: 1 };
-        let value: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let memory: Vec<f32> = (0..6).map(|v| v as f32).collect();
         // Pixel (y=1, x=2): centre at ((2+0.5)/3, (1+0.5)/2).
-        let out = ms_deform_attn(&value, &levels, &[2.5 / 3.0, 0.75], &[1.0], d);
+        let (out, in_bounds) = sample_memory(&memory, &levels, &[2.5 / 3.0, 0.75], &[1.0], d);
         assert!((out[0] - 5.0).abs() < 1e-6, "{}", out[0]);
+        assert!((in_bounds[0] - 1.0).abs() < 1e-6, "{}", in_bounds[0]);
     }
 
     #[test]
     fn non_finite_locations_read_zero() {
         let levels = [(2usize, 2usize)];
         let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, points: 2 };
-        let out = ms_deform_attn(&[1.0; 4], &levels, &[f32::NAN, 0.5, f32::INFINITY, 0.5], &[1.0, 1.0], d);
-        assert_eq!(out[0], 0.0);
+        let (out, in_bounds) = sample_memory(&[1.0; 4], &levels, &[f32::NAN, 0.5, f32::INFINITY, 0.5], &[1.0, 1.0], d);
+        assert_eq!((out[0], in_bounds[0]), (0.0, 0.0));
     }
 }

@@ -199,6 +199,51 @@ impl Linear {
         crate::flops::record(started, || format!("linear {}->{} x{rows}", self.in_features, self.out_features), flops);
         out
     }
+
+    /// The layer applied head by head: row r of `x` holds `heads` input vectors, and output
+    /// block h (out / heads columns) is head h's vector through that block's rows of W,
+    /// plus the bias scaled by `bias_scale[r·heads + h]`. Used for the value projection of
+    /// deformable attention after sampling ([`crate::deform_attn::sample_memory`]); f32 in
+    /// every precision (it is a small product).
+    pub fn run_per_head(&self, x: &[f32], rows: usize, heads: usize, bias_scale: &[f32]) -> Vec<f32> {
+        let (k, n) = (self.in_features, self.out_features);
+        assert!(heads > 0 && n % heads == 0, "heads divide the output features");
+        assert_eq!(x.len(), rows * heads * k, "per-head input shape");
+        assert_eq!(bias_scale.len(), rows * heads, "bias scale shape");
+        let hd = n / heads;
+        let mut out = vec![0f32; rows * n];
+        // Row blocks in parallel; per block, one product per head.
+        let block = rows.div_ceil(8).max(1);
+        out.par_chunks_mut(block * n).enumerate().for_each(|(bi, dst)| {
+            let r0 = bi * block;
+            let m = dst.len() / n;
+            for h in 0..heads {
+                // SAFETY: dst holds m rows of n; x rows r0.. hold heads·k each; Wᵀ is k × n.
+                unsafe {
+                    kernels::gemm_ab(
+                        m,
+                        hd,
+                        k,
+                        dst.as_mut_ptr().add(h * hd),
+                        n,
+                        x.as_ptr().add((r0 * heads + h) * k),
+                        heads * k,
+                        self.weight_t.as_ptr().add(h * hd),
+                        n,
+                    )
+                };
+            }
+            for (r, row) in dst.chunks_exact_mut(n).enumerate() {
+                for (h, out_h) in row.chunks_exact_mut(hd).enumerate() {
+                    let scale = bias_scale[(r0 + r) * heads + h];
+                    for (o, b) in out_h.iter_mut().zip(&self.bias[h * hd..(h + 1) * hd]) {
+                        *o += b * scale;
+                    }
+                }
+            }
+        });
+        out
+    }
 }
 
 /// `nn.LayerNorm` over the last dimension.
