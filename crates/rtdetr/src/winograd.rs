@@ -411,14 +411,28 @@ impl Planes {
         Self { ptr: v.as_mut_ptr(), len: v.len() }
     }
 
+    /// Writes the first `n` lanes of `src` at `off`.
+    ///
     /// # Safety
-    /// The planes are still allocated and no other thread reads or writes
-    /// `off..off + src.len()` meanwhile.
+    /// The planes are still allocated and no other thread reads or writes `off..off + n`
+    /// meanwhile.
     #[inline(always)]
-    unsafe fn write(&self, off: usize, src: &[f32]) {
-        assert!(off + src.len() <= self.len, "V plane bounds");
+    unsafe fn write(&self, off: usize, src: &Lanes, n: usize) {
+        assert!(n <= L && off + n <= self.len, "V plane bounds");
         // SAFETY: in bounds (checked); alive and unshared (caller).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len()) }
+        unsafe {
+            if n == L {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), L);
+            } else {
+                // Element by element (a masked store once vectorised), not a memcpy call
+                // per partial chunk.
+                for (l, v) in src.iter().enumerate() {
+                    if l < n {
+                        self.ptr.add(off + l).write(*v);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -511,18 +525,6 @@ impl Variant for VF4 {
     }
 }
 
-/// Transposes the first `n`×`n` entries of a block.
-#[inline(always)]
-fn transpose(b: &Block, n: usize) -> Block {
-    let mut t: Block = [[[0f32; L]; 6]; 6];
-    for i in 0..n {
-        for j in 0..n {
-            t[j][i] = b[i][j];
-        }
-    }
-    t
-}
-
 #[inline(always)]
 fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>) {
     let (m, a) = (T::M, T::A);
@@ -537,6 +539,7 @@ fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>
     padded.resize(n_rows * width, 0.0);
     let y0 = (g.r0 * m) as isize - g.pad as isize;
     let n = g.w.min(width - g.pad);
+    let mut t: Block = [[[0f32; L]; 6]; 6];
     for ci in 0..g.c_in {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for (r, row) in padded.chunks_exact_mut(width).enumerate() {
@@ -549,38 +552,32 @@ fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>
             let rows = &padded[(ty - g.r0) * m * width..];
             for tx0 in (0..g.tw).step_by(L) {
                 let nl = L.min(g.tw - tx0);
-                let mut d: Block = [[[0f32; L]; 6]; 6];
-                for (i, di) in d.iter_mut().enumerate().take(a) {
+                // Bᵀ d B as α row transforms into `t` (transposed: t[k][i] = (d B)[i][k]),
+                // then α transforms of t's rows: (Bᵀ d B)[i][j] = Bᵀ(t[j])[i]. One patch
+                // row or column at a time stays in registers.
+                for i in 0..a {
                     // Patch column k of lane l is row[l·m + k] (constant offsets in a
                     // fixed-size window, so the loads vectorise as shuffles).
                     let row: &[f32; 128] =
                         rows[i * width + tx0 * m..i * width + tx0 * m + 128].try_into().expect("window");
+                    let mut di = [[0f32; L]; 6];
                     for (k, dk) in di.iter_mut().enumerate().take(a) {
                         for (l, v) in dk.iter_mut().enumerate() {
                             *v = row[l * T::M + k];
                         }
                     }
-                }
-                // Bᵀ d B: transform each row, transpose, transform each row again; the
-                // result comes out transposed: d[j][i'] = (Bᵀ d B)[i'][j].
-                for di in d.iter_mut().take(a) {
-                    *di = T::bt(di);
-                }
-                let mut d = transpose(&d, a);
-                for di in d.iter_mut().take(a) {
-                    *di = T::bt(di);
+                    let r = T::bt(&di);
+                    for k in 0..a {
+                        t[k][i] = r[k];
+                    }
                 }
                 let tile0 = (ty - g.r0) * g.tw + tx0;
-                for i in 0..a {
-                    for j in 0..a {
+                for j in 0..a {
+                    let col = T::bt(&t[j]);
+                    for (i, ci_lanes) in col.iter().enumerate().take(a) {
                         let off = (i * a + j) * plane_stride + ci * nt + tile0;
-                        if nl == L {
-                            // SAFETY: the caller's planes; this call's channels only.
-                            unsafe { v.write(off, &d[j][i]) };
-                        } else {
-                            // SAFETY: as above.
-                            unsafe { v.write(off, &d[j][i][..nl]) };
-                        }
+                        // SAFETY: the caller's planes; this call's channels only.
+                        unsafe { v.write(off, ci_lanes, nl) };
                     }
                 }
             }
@@ -611,12 +608,16 @@ simd_dispatch! {
 #[inline(always)]
 fn output_impl<T: Variant>(mm: &[f32], stride: usize, rows: &mut [f32], ow: usize, n_rows: usize, tw: usize) {
     let (mo, a) = (T::M, T::A);
+    // t[c][i] = (M A)[i][c], then m[c][r] = Aᵀ(t[c])[r] = (Aᵀ M A)[r][c]: one row or
+    // column of the tile at a time stays in registers.
+    let mut t: Block = [[[0f32; L]; 6]; 6];
+    let mut m: Block = [[[0f32; L]; 6]; 6];
     for ty in 0..n_rows.div_ceil(mo) {
         for tx0 in (0..tw).step_by(L) {
             let nl = L.min(tw - tx0);
             let tile0 = ty * tw + tx0;
-            let mut m: Block = [[[0f32; L]; 6]; 6];
-            for (i, mi) in m.iter_mut().enumerate().take(a) {
+            for i in 0..a {
+                let mut mi = [[0f32; L]; 6];
                 for (j, mij) in mi.iter_mut().enumerate().take(a) {
                     let off = (i * a + j) * stride + tile0;
                     if nl == L {
@@ -626,17 +627,14 @@ fn output_impl<T: Variant>(mm: &[f32], stride: usize, rows: &mut [f32], ow: usiz
                         mij[..nl].copy_from_slice(&mm[off..off + nl]);
                     }
                 }
+                let r = T::at(&mi);
+                for c in 0..mo {
+                    t[c][i] = r[c];
+                }
             }
-            // Aᵀ M A: transform the rows (over j), transpose, transform again; the result
-            // is transposed back: y[r][c] = (Aᵀ M A)[r][c] after the second transpose.
-            for mi in m.iter_mut().take(a) {
-                *mi = T::at(mi);
+            for c in 0..mo {
+                m[c] = T::at(&t[c]);
             }
-            let mut m = transpose(&m, a);
-            for mi in m.iter_mut().take(mo) {
-                *mi = T::at(mi);
-            }
-            // m[c][r] = (Aᵀ M A)[r][c].
             let full = (tx0 + nl) * mo <= ow;
             for r in 0..mo.min(n_rows - ty * mo) {
                 let dst = &mut rows[(ty * mo + r) * ow..(ty * mo + r + 1) * ow];
