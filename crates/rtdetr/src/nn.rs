@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::config::Activation;
 use crate::conv::Conv2d;
-use crate::cpu::{self, with_f32, AddAt};
+use crate::cpu::{self, simd_dispatch, with_f32, AddAt};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::weights::Weights;
@@ -363,8 +363,8 @@ pub fn concat_channels(parts: &[(&Tensor, bool)]) -> Result<Tensor> {
                     let wi = w / 2;
                     for (y, row) in dst.chunks_exact_mut(w).enumerate() {
                         let srow = &s[(y / 2) * wi..(y / 2 + 1) * wi];
-                        for (x, v) in row.iter_mut().enumerate() {
-                            *v = srow[x / 2];
+                        for (pair, v) in row.as_chunks_mut::<2>().0.iter_mut().zip(srow) {
+                            *pair = [*v, *v];
                         }
                     }
                 } else {
@@ -443,25 +443,54 @@ pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
     let out = with_f32(x, |src| {
         let mut out = vec![0f32; b * c * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
-            let s = &src[plane * h * w..(plane + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut m = f32::NEG_INFINITY;
-                    for iy in (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(h) {
-                        for ix in (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(w) {
-                            let v = s[iy * w + ix];
-                            if v > m || v.is_nan() {
-                                m = v;
-                            }
-                        }
-                    }
-                    dst[oy * ow + ox] = m;
-                }
-            }
+            max_pool_plane(&src[plane * h * w..(plane + 1) * h * w], h, w, dst);
         });
         out
     })?;
     Ok(Tensor::from_vec(out, (b, c, oh, ow), x.device())?)
+}
+
+/// PyTorch's pooling maximum: `b` replaces `a` when larger or NaN, so NaN propagates.
+#[inline(always)]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+#[inline(always)]
+fn max_pool_plane_impl(s: &[f32], h: usize, w: usize, dst: &mut [f32]) {
+    let ow = dst.len() / ((h + 2 - 3) / 2 + 1);
+    // Per output row: the maximum over its (up to) three input rows, with one -inf past
+    // the right edge; then over column triples 2·ox − 1 ..= 2·ox + 1.
+    let mut col_max = vec![f32::NEG_INFINITY; w + 1];
+    for (oy, out_row) in dst.chunks_exact_mut(ow).enumerate() {
+        let rows = (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h);
+        col_max[..w].fill(f32::NEG_INFINITY);
+        for iy in rows {
+            for (m, v) in col_max[..w].iter_mut().zip(&s[iy * w..(iy + 1) * w]) {
+                *m = nan_max(*m, *v);
+            }
+        }
+        out_row[0] = nan_max(col_max[0], col_max[1.min(w)]);
+        let (pairs, _) = col_max[1..].as_chunks::<2>();
+        for (o, (p, next)) in out_row[1..].iter_mut().zip(pairs.iter().zip(pairs.iter().skip(1))) {
+            *o = nan_max(nan_max(p[0], p[1]), next[0]);
+        }
+        // The last column's right neighbour may be the -inf pad, outside the pairs above.
+        if ow > 1 {
+            let ox = ow - 1;
+            let right = col_max[(2 * ox + 1).min(w)];
+            out_row[ox] = nan_max(nan_max(col_max[2 * ox - 1], col_max[2 * ox]), right);
+        }
+    }
+}
+
+simd_dispatch! {
+    /// One plane of [`max_pool_3x3_s2_p1`].
+    fn max_pool_plane(s: &[f32], h: usize, w: usize, dst: &mut [f32]) => max_pool_plane_impl
 }
 
 /// `AvgPool2d(2, 2, 0, ceil_mode=True)` on NCHW: a partial window at an odd edge averages
@@ -472,21 +501,121 @@ pub fn avg_pool_2x2_ceil(x: &Tensor) -> Result<Tensor> {
     let out = with_f32(x, |src| {
         let mut out = vec![0f32; b * c * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
-            let s = &src[plane * h * w..(plane + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (mut sum, mut n) = (0f32, 0f32);
-                    for iy in oy * 2..(oy * 2 + 2).min(h) {
-                        for ix in ox * 2..(ox * 2 + 2).min(w) {
-                            sum += s[iy * w + ix];
-                            n += 1.0;
-                        }
-                    }
-                    dst[oy * ow + ox] = sum / n;
-                }
-            }
+            avg_pool_plane(&src[plane * h * w..(plane + 1) * h * w], h, w, dst);
         });
         out
     })?;
     Ok(Tensor::from_vec(out, (b, c, oh, ow), x.device())?)
+}
+
+#[inline(always)]
+fn avg_pool_plane_impl(s: &[f32], h: usize, w: usize, dst: &mut [f32]) {
+    let ow = w.div_ceil(2);
+    // Summed in PyTorch's window order (row by row, left to right); dividing by 4, 2 or 1
+    // is exact as a multiplication.
+    for (oy, out_row) in dst.chunks_exact_mut(ow).enumerate() {
+        let top = &s[2 * oy * w..(2 * oy + 1) * w];
+        let (top_pairs, top_last) = top.as_chunks::<2>();
+        if 2 * oy + 1 < h {
+            let bottom = &s[(2 * oy + 1) * w..(2 * oy + 2) * w];
+            let (bottom_pairs, bottom_last) = bottom.as_chunks::<2>();
+            for (o, (t, b)) in out_row.iter_mut().zip(top_pairs.iter().zip(bottom_pairs)) {
+                *o = (((t[0] + t[1]) + b[0]) + b[1]) * 0.25;
+            }
+            if let ([t], [b]) = (top_last, bottom_last) {
+                out_row[ow - 1] = (t + b) * 0.5;
+            }
+        } else {
+            for (o, t) in out_row.iter_mut().zip(top_pairs) {
+                *o = (t[0] + t[1]) * 0.5;
+            }
+            if let [t] = top_last {
+                out_row[ow - 1] = *t;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// One plane of [`avg_pool_2x2_ceil`].
+    fn avg_pool_plane(s: &[f32], h: usize, w: usize, dst: &mut [f32]) => avg_pool_plane_impl
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::test_rng::Rng;
+
+    /// PyTorch's loops: every window element in row-major order.
+    fn naive_pool(x: &[f32], h: usize, w: usize, max: bool) -> Vec<f32> {
+        let (oh, ow) = if max { ((h - 1) / 2 + 1, (w - 1) / 2 + 1) } else { (h.div_ceil(2), w.div_ceil(2)) };
+        let mut out = Vec::new();
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (y0, x0) =
+                    if max { ((2 * oy).saturating_sub(1), (2 * ox).saturating_sub(1)) } else { (2 * oy, 2 * ox) };
+                let (y1, x1) = if max {
+                    ((2 * oy + 2).min(h), (2 * ox + 2).min(w))
+                } else {
+                    ((2 * oy + 2).min(h), (2 * ox + 2).min(w))
+                };
+                let (mut m, mut sum, mut n) = (f32::NEG_INFINITY, 0f32, 0f32);
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let v = x[iy * w + ix];
+                        if v > m || v.is_nan() {
+                            m = v;
+                        }
+                        sum += v;
+                        n += 1.0;
+                    }
+                }
+                out.push(if max { m } else { sum / n });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pools_match_the_reference_loops() {
+        let mut rng = Rng(31);
+        for h in 1..8 {
+            for w in 1..8 {
+                let mut x = rng.vec(2 * h * w);
+                if h * w > 3 {
+                    x[h * w + 2] = f32::NAN;
+                }
+                let t = Tensor::from_vec(x.clone(), (1, 2, h, w), &Device::Cpu).unwrap();
+                for max in [true, false] {
+                    let got = if max { max_pool_3x3_s2_p1(&t) } else { avg_pool_2x2_ceil(&t) };
+                    let got: Vec<f32> = got.unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                    let want: Vec<f32> = x.chunks_exact(h * w).flat_map(|plane| naive_pool(plane, h, w, max)).collect();
+                    assert_eq!(got.len(), want.len(), "{h}x{w} max={max}");
+                    for (g, e) in got.iter().zip(&want) {
+                        assert!(g == e || (g.is_nan() && e.is_nan()), "{h}x{w} max={max}: {g} vs {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn concat_upsamples_by_nearest_neighbour() {
+        let small =
+            Tensor::from_vec((0..2 * 6).map(|v| v as f32).collect::<Vec<_>>(), (1, 2, 2, 3), &Device::Cpu).unwrap();
+        let big = Tensor::from_vec(vec![-1f32; 24], (1, 1, 4, 6), &Device::Cpu).unwrap();
+        let out = concat_channels(&[(&small, true), (&big, false)]).unwrap();
+        assert_eq!(out.dims(), [1, 3, 4, 6]);
+        let v: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+        for c in 0..2 {
+            for y in 0..4 {
+                for x in 0..6 {
+                    assert_eq!(v[(c * 4 + y) * 6 + x], (c * 6 + (y / 2) * 3 + x / 2) as f32);
+                }
+            }
+        }
+        assert!(v[48..].iter().all(|&e| e == -1.0));
+    }
 }
