@@ -192,9 +192,9 @@ fn layer_norm_row_impl(dst: &mut [f32], x: &[f32], residual: Option<&[f32]>, w: 
         None => dst.copy_from_slice(x),
     }
     let n = dst.len() as f32;
-    let mean = dst.iter().sum::<f32>() / n;
+    let mean = cpu::sum_map(dst, |v| v) / n;
     dst.iter_mut().for_each(|v| *v -= mean);
-    let var = dst.iter().map(|v| v * v).sum::<f32>() / n;
+    let var = cpu::sum_map(dst, |v| v * v) / n;
     let std = (var + eps).sqrt();
     dst.iter_mut().zip(w).zip(b).for_each(|((v, w), b)| *v = *v / std * *w + *b);
 }
@@ -230,7 +230,7 @@ fn softmax_rows_impl(x: &mut [f32], cols: usize) {
     for row in x.chunks_exact_mut(cols) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         row.iter_mut().for_each(|v| *v = cpu::exp(*v - max));
-        let sum: f32 = row.iter().sum();
+        let sum = cpu::sum_map(row, |v| v);
         row.iter_mut().for_each(|v| *v /= sum);
     }
 }
