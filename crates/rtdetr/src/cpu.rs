@@ -133,18 +133,32 @@ impl SendPtr {
     }
 }
 
-/// `Σ f(x)` in 16 interleaved partial sums, so that the loop vectorises (a serial f32 sum
-/// is one dependent add per element); differs from the serial order by rounding only.
+/// Combines `map(x)` with `op` in 16 interleaved lanes, so that the loop vectorises (a
+/// serial fold is one dependent operation per element); for sums the order differs from
+/// the serial one by rounding only.
 #[inline(always)]
-pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+fn fold_lanes(x: &[f32], init: f32, map: impl Fn(f32) -> f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     let (chunks, rest) = x.as_chunks::<16>();
-    let mut acc = [0f32; 16];
+    let mut acc = [init; 16];
     for c in chunks {
         for (a, v) in acc.iter_mut().zip(c) {
-            *a += f(*v);
+            *a = op(*a, map(*v));
         }
     }
-    acc.iter().sum::<f32>() + rest.iter().map(|v| f(*v)).sum::<f32>()
+    let lanes = acc.iter().fold(init, |a, v| op(a, *v));
+    rest.iter().fold(lanes, |a, v| op(a, map(*v)))
+}
+
+/// `Σ f(x)`, vectorised (see `fold_lanes`).
+#[inline(always)]
+pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    fold_lanes(x, 0.0, f, |a, b| a + b)
+}
+
+/// The largest value of `x` (NaN ignored, as `f32::max`), vectorised; −∞ when empty.
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    fold_lanes(x, f32::NEG_INFINITY, |v| v, f32::max)
 }
 
 /// `exp(x)` in f32 (Cephes' polynomial, about 1 ulp), written so that loops over it
@@ -155,8 +169,11 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.336_54, 88.722_83);
-    // Round to nearest via the 1.5·2^23 trick (no rounding instruction needed).
-    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest via the 1.5·2^23 trick (no rounding instruction needed); the sum's
+    // low mantissa bits then hold n itself, read as an integer without a float-to-int
+    // conversion (Rust's saturating `as i32` keeps the loops scalar).
+    let shifted = x * LOG2E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -167,7 +184,7 @@ pub fn exp(x: f32) -> f32 {
     let y = p * r * r + r + 1.0;
     // 2^n from exponent bits; n is in [-126, 128] after the clamp, so split it in two
     // halves that are both normal numbers.
-    let ni = n as i32;
+    let ni = shifted.to_bits() as i32 - 0x4B40_0000;
     let (a, b) = (ni >> 1, ni - (ni >> 1));
     let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
     y * pow2(a) * pow2(b)
