@@ -110,7 +110,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let min_ms = totals.iter().copied().fold(f64::INFINITY, f64::min);
     let median_ms = median(&mut totals.clone());
     let mut stages = serde_json::Map::new();
-    let pick: [(&str, fn(&(StageTimes, f64)) -> f64); 5] = [
+    type Stage = fn(&(StageTimes, f64)) -> f64;
+    let pick: [(&str, Stage); 5] = [
         ("backbone", |s| s.0.backbone * 1e3),
         ("encoder", |s| s.0.encoder * 1e3),
         ("query_selection", |s| s.0.query_selection * 1e3),

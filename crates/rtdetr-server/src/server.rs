@@ -142,11 +142,14 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     let elapsed = start.elapsed();
     let status = resp.status();
     metrics::counter!(m::REQUESTS, "route" => route.clone(), "status" => status.as_u16().to_string()).increment(1);
+    // /health answering 503 while loading or draining is the probe doing its job, not a
+    // failure.
+    let expected_unavailable = status == StatusCode::SERVICE_UNAVAILABLE && route == "/health";
     metrics::histogram!(m::REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
     let code = resp.extensions().get::<ErrorCode>().map(|c| c.0).unwrap_or("");
     let latency_ms = (elapsed.as_secs_f64() * 1e4).round() / 10.0;
     span.in_scope(|| {
-        if status.is_server_error() {
+        if status.is_server_error() && !expected_unavailable {
             tracing::warn!(status = status.as_u16(), latency_ms, code, "request failed");
         } else if status.is_client_error() {
             tracing::info!(status = status.as_u16(), latency_ms, code, "request refused");

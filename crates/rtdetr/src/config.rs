@@ -295,13 +295,15 @@ impl RtDetrConfig {
                 return Err(format!("encode_proj_layers entry {l} out of range"));
             }
         }
-        if self.encoder_hidden_dim % self.encoder_attention_heads.max(1) != 0 || self.encoder_attention_heads == 0 {
+        if !self.encoder_hidden_dim.is_multiple_of(self.encoder_attention_heads.max(1))
+            || self.encoder_attention_heads == 0
+        {
             return Err("encoder_hidden_dim must be divisible by encoder_attention_heads".into());
         }
-        if self.encoder_hidden_dim % 4 != 0 {
+        if !self.encoder_hidden_dim.is_multiple_of(4) {
             return Err("encoder_hidden_dim must be divisible by 4 (2D sin-cos embedding)".into());
         }
-        if self.decoder_attention_heads == 0 || self.d_model % self.decoder_attention_heads != 0 {
+        if self.decoder_attention_heads == 0 || !self.d_model.is_multiple_of(self.decoder_attention_heads) {
             return Err("d_model must be divisible by decoder_attention_heads".into());
         }
         if self.decoder_layers == 0 {

@@ -54,7 +54,7 @@ impl Detector {
 
     /// Runs the model at another input size (each side a multiple of 32).
     pub fn set_input_size(&mut self, height: usize, width: usize) -> Result<()> {
-        if height == 0 || width == 0 || height % 32 != 0 || width % 32 != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(32) || !width.is_multiple_of(32) {
             return Err(Error::InvalidArgument(format!(
                 "input size must be positive multiples of 32, got {height}x{width}"
             )));

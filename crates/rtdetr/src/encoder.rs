@@ -105,6 +105,7 @@ struct CspRepLayer {
     conv3: Option<ConvBn>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv_norm(
     w: &Weights,
     key: &str,

@@ -128,7 +128,7 @@ pub fn linear(
     residual: Option<&[f32]>,
     act: Activation,
 ) -> Vec<f32> {
-    let k = if n == 0 { 0 } else { wt.len() / n };
+    let k = wt.len().checked_div(n).unwrap_or(0);
     assert_eq!(wt.len(), n * k, "linear weight shape");
     assert_eq!(x.len(), rows * k, "linear input length");
     assert_eq!(bias.len(), n, "linear bias shape");
@@ -208,7 +208,7 @@ simd_dispatch! {
 /// centred variance, division by `sqrt(var + eps)`).
 pub fn layer_norm(x: &[f32], residual: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let dim = w.len();
-    assert!(dim > 0 && x.len() % dim == 0, "layer norm input length");
+    assert!(dim > 0 && x.len().is_multiple_of(dim), "layer norm input length");
     if let Some(r) = residual {
         assert_eq!(r.len(), x.len(), "layer norm residual length");
     }
@@ -247,7 +247,7 @@ thread_local! {
 /// Multi-head scaled dot-product attention. `q`: (B, Lq, H·hd), `k` and `v`: (B, Lk, H·hd),
 /// all row-major; returns (B, Lq, H·hd). One task per (image, head).
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, heads: usize, dim: usize) -> Vec<f32> {
-    assert!(heads > 0 && dim % heads == 0 && batch > 0, "attention shapes");
+    assert!(heads > 0 && dim.is_multiple_of(heads) && batch > 0, "attention shapes");
     let lq = q.len() / (batch * dim);
     let lk = k.len() / (batch * dim);
     assert_eq!(q.len(), batch * lq * dim, "attention q length");

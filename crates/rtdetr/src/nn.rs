@@ -207,7 +207,7 @@ impl Linear {
     /// every precision (it is a small product).
     pub fn run_per_head(&self, x: &[f32], rows: usize, heads: usize, bias_scale: &[f32]) -> Vec<f32> {
         let (k, n) = (self.in_features, self.out_features);
-        assert!(heads > 0 && n % heads == 0, "heads divide the output features");
+        assert!(heads > 0 && n.is_multiple_of(heads), "heads divide the output features");
         assert_eq!(x.len(), rows * heads * k, "per-head input shape");
         assert_eq!(bias_scale.len(), rows * heads, "bias scale shape");
         let hd = n / heads;
@@ -556,11 +556,7 @@ mod tests {
             for ox in 0..ow {
                 let (y0, x0) =
                     if max { ((2 * oy).saturating_sub(1), (2 * ox).saturating_sub(1)) } else { (2 * oy, 2 * ox) };
-                let (y1, x1) = if max {
-                    ((2 * oy + 2).min(h), (2 * ox + 2).min(w))
-                } else {
-                    ((2 * oy + 2).min(h), (2 * ox + 2).min(w))
-                };
+                let (y1, x1) = ((2 * oy + 2).min(h), (2 * ox + 2).min(w));
                 let (mut m, mut sum, mut n) = (f32::NEG_INFINITY, 0f32, 0f32);
                 for iy in y0..y1 {
                     for ix in x0..x1 {

@@ -62,6 +62,8 @@ pub fn post_process(
     let mut out = Vec::new();
     for i in top {
         let score = scores[i];
+        // Written so that a NaN score also stops here.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(score > opts.threshold) {
             // Sorted by score: nothing after this passes either.
             break;

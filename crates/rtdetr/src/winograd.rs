@@ -526,6 +526,7 @@ impl Variant for VF4 {
 }
 
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // the transforms' indices are the maths' i, j, k
 fn input_impl<T: Variant>(x: &[f32], g: InGeom, v: Planes, padded: &mut Vec<f32>) {
     let (m, a) = (T::M, T::A);
     let nt = (g.r1 - g.r0) * g.tw;
@@ -606,6 +607,7 @@ simd_dispatch! {
 /// Writes Aᵀ M A for every tile of one output channel into `rows` (`n_rows` output rows
 /// of width `ow`, starting at a tile row boundary). `mm[ξ·stride + tile]` holds M.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // as in input_impl
 fn output_impl<T: Variant>(mm: &[f32], stride: usize, rows: &mut [f32], ow: usize, n_rows: usize, tw: usize) {
     let (mo, a) = (T::M, T::A);
     // t[c][i] = (M A)[i][c], then m[c][r] = Aᵀ(t[c])[r] = (Aᵀ M A)[r][c]: one row or
