@@ -463,9 +463,11 @@ fn nan_max(a: f32, b: f32) -> f32 {
 #[inline(always)]
 fn max_pool_plane_impl(s: &[f32], h: usize, w: usize, dst: &mut [f32]) {
     let ow = dst.len() / ((h + 2 - 3) / 2 + 1);
-    // Per output row: the maximum over its (up to) three input rows, with one -inf past
-    // the right edge; then over column triples 2·ox − 1 ..= 2·ox + 1.
-    let mut col_max = vec![f32::NEG_INFINITY; w + 1];
+    // Per output row: the maximum over its (up to) three input rows, with two -inf past
+    // the right edge; then over column triples 2·ox − 1 ..= 2·ox + 1, as pairs
+    // (2·ox − 1, 2·ox) of col_max[1..] and the next pair's first value. The pads give
+    // every output column ox >= 1 its pair and a next pair.
+    let mut col_max = vec![f32::NEG_INFINITY; w + 2];
     for (oy, out_row) in dst.chunks_exact_mut(ow).enumerate() {
         let rows = (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h);
         col_max[..w].fill(f32::NEG_INFINITY);
@@ -474,16 +476,10 @@ fn max_pool_plane_impl(s: &[f32], h: usize, w: usize, dst: &mut [f32]) {
                 *m = nan_max(*m, *v);
             }
         }
-        out_row[0] = nan_max(col_max[0], col_max[1.min(w)]);
+        out_row[0] = nan_max(col_max[0], col_max[1]);
         let (pairs, _) = col_max[1..].as_chunks::<2>();
         for (o, (p, next)) in out_row[1..].iter_mut().zip(pairs.iter().zip(pairs.iter().skip(1))) {
             *o = nan_max(nan_max(p[0], p[1]), next[0]);
-        }
-        // The last column's right neighbour may be the -inf pad, outside the pairs above.
-        if ow > 1 {
-            let ox = ow - 1;
-            let right = col_max[(2 * ox + 1).min(w)];
-            out_row[ox] = nan_max(nan_max(col_max[2 * ox - 1], col_max[2 * ox]), right);
         }
     }
 }
