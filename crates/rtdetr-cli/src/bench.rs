@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use rtdetr::model::StageTimes;
 use rtdetr::DetectOptions;
+use rtdetr::StageTimes;
 use serde::Serialize;
 
 use crate::ModelArgs;
@@ -78,12 +78,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let images = vec![img; args.batch];
     let pixels = det.pixel_batch(&images)?;
     let sizes = vec![(w as u32, h as u32); args.batch];
-    let opts = DetectOptions { decoder_layers: args.model.decoder_layers, ..Default::default() };
+    let opts = DetectOptions::default();
+    let per_image = vec![&opts; args.batch];
     let run_once = |times: &mut StageTimes| -> anyhow::Result<(f64, f64)> {
         let t0 = Instant::now();
-        let out = det.forward(&pixels, opts.decoder_layers, times)?;
+        let out = det.forward(&pixels, times)?;
         let t1 = Instant::now();
-        det.post_process(&out, &sizes, &opts)?;
+        det.post_process(&out, &sizes, &per_image)?;
         let t2 = Instant::now();
         Ok(((t2 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3))
     };
@@ -94,8 +95,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         let (total, _) = run_once(&mut StageTimes::default())?;
         first_run_ms.get_or_insert(total);
     }
-    rtdetr::flops::set_profiling(args.profile);
-    let flops_before = rtdetr::flops::total();
+    rtdetr::profile::set_profiling(args.profile);
+    let flops_before = rtdetr::profile::total();
     let mut totals = Vec::new();
     let mut stage_runs: Vec<(StageTimes, f64)> = Vec::new();
     for _ in 0..args.runs {
@@ -104,9 +105,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         totals.push(total);
         stage_runs.push((t, post));
     }
-    let gflop = (rtdetr::flops::total() - flops_before) as f64 / args.runs as f64 / 1e9;
-    rtdetr::flops::set_profiling(false);
-    let profile = rtdetr::flops::take_profile();
+    let gflop = (rtdetr::profile::total() - flops_before) as f64 / args.runs as f64 / 1e9;
+    rtdetr::profile::set_profiling(false);
+    let profile = rtdetr::profile::take_profile();
     let min_ms = totals.iter().copied().fold(f64::INFINITY, f64::min);
     let median_ms = median(&mut totals.clone());
     let mut stages = serde_json::Map::new();
@@ -134,7 +135,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         gflop_per_s: gflop / (median_ms / 1e3),
         stages,
         threads: rayon::current_num_threads(),
-        precision: format!("{:?}", rtdetr::bf16::precision()).to_lowercase(),
+        precision: format!("{:?}", det.precision()).to_lowercase(),
         load_ms,
         first_run_ms,
     };

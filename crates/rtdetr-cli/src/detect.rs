@@ -120,12 +120,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<i32> {
         Some(names) => Some(det.class_ids(names)?),
         None => None,
     };
-    let opts = DetectOptions {
-        threshold: args.threshold,
-        max_detections: args.max_detections,
-        classes,
-        decoder_layers: args.model.decoder_layers,
-    };
+    let opts = DetectOptions { threshold: args.threshold, max_detections: args.max_detections, classes };
     let single = args.images.len() == 1;
     if let Some(out) = &args.output {
         if !single || out.extension().is_none() {
@@ -190,7 +185,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<i32> {
             }
             if let Some(out) = &args.output {
                 let target = output_path(out, path, single);
-                rtdetr::draw::annotate(img, dets)
+                rtdetr::io::draw::annotate(img, dets)
                     .save(&target)
                     .with_context(|| format!("cannot write {}", target.display()))?;
                 if !args.json {

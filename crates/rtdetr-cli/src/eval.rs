@@ -84,12 +84,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         let det = args.model.load()?;
         let cat_of = map_categories(det.labels(), &gt)?;
         // The reference evaluation keeps everything: threshold 0, top 100 per image.
-        let opts = DetectOptions {
-            threshold: 0.0,
-            max_detections: 100,
-            classes: None,
-            decoder_layers: args.model.decoder_layers,
-        };
+        let opts = DetectOptions { threshold: 0.0, max_detections: 100, classes: None };
         let bar = ProgressBar::new(images.len() as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")

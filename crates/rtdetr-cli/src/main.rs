@@ -22,7 +22,7 @@ struct Cli {
 pub struct ModelArgs {
     /// Local checkpoint directory (config.json, model.safetensors, preprocessor_config.json)
     /// or a Hugging Face Hub id.
-    #[arg(long, short, default_value = rtdetr::hub::DEFAULT_MODEL)]
+    #[arg(long, short, default_value = rtdetr::DEFAULT_MODEL)]
     pub model: String,
     /// Input size: one multiple of 32 (square) or HxW, e.g. 640 or 480x800.
     /// Default: the checkpoint's preprocessor_config.json.
@@ -44,35 +44,41 @@ pub enum PrecisionArg {
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> anyhow::Result<rtdetr::Detector> {
-        self.apply_precision();
-        let mut det = rtdetr::Detector::load(&self.model)?;
-        if let Some(s) = &self.size {
-            let (h, w) = parse_size(s)?;
-            det.set_input_size(h, w)?;
-        }
-        if let Some(n) = self.decoder_layers {
-            let max = det.model().num_decoder_layers();
-            if n == 0 || n > max {
-                anyhow::bail!("--decoder-layers must be in 1..={max} for this checkpoint, got {n}");
-            }
-        }
-        Ok(det)
-    }
-}
-
-impl ModelArgs {
-    /// Sets the engine's precision; returns the one in effect.
-    pub fn apply_precision(&self) -> rtdetr::Precision {
-        let want = match self.precision {
-            PrecisionArg::F32 => rtdetr::Precision::F32,
-            PrecisionArg::Bf16 => rtdetr::Precision::Bf16,
+    /// The engine's load options for these flags. The kernel-choice variables
+    /// `RTDETR_WINOGRAD`, `RTDETR_WINOGRAD_BF16` (`off`, `2`, `4`) and `RTDETR_SGEMM=off`
+    /// are read here, for measurements and accuracy checks; the engine reads no
+    /// environment.
+    pub fn load_options(&self) -> anyhow::Result<rtdetr::LoadOptions> {
+        let winograd = |var: &str| match std::env::var(var).as_deref() {
+            Ok("off") | Ok("0") => rtdetr::WinogradChoice::Off,
+            Ok("2") => rtdetr::WinogradChoice::F2,
+            _ => rtdetr::WinogradChoice::F4,
         };
-        let got = rtdetr::set_precision(want);
-        if got != want {
+        Ok(rtdetr::LoadOptions {
+            precision: match self.precision {
+                PrecisionArg::F32 => rtdetr::Precision::F32,
+                PrecisionArg::Bf16 => rtdetr::Precision::Bf16,
+            },
+            size: self.size.as_deref().map(parse_size).transpose()?,
+            decoder_layers: self.decoder_layers,
+            winograd_f32: winograd("RTDETR_WINOGRAD"),
+            winograd_bf16: winograd("RTDETR_WINOGRAD_BF16"),
+            packed_f32: std::env::var("RTDETR_SGEMM").as_deref() != Ok("off"),
+        })
+    }
+
+    pub fn load(&self) -> anyhow::Result<rtdetr::Detector> {
+        let opts = self.load_options()?;
+        let det = rtdetr::Detector::load(&self.model, &opts).map_err(|e| match (e, self.decoder_layers) {
+            (rtdetr::Error::InvalidArgument(m), Some(n)) if m.starts_with("decoder layers") => {
+                anyhow::anyhow!("--decoder-layers {n}: {m}")
+            }
+            (e, _) => e.into(),
+        })?;
+        if det.precision() != opts.precision {
             eprintln!("warning: this CPU has no bf16 dot products (AVX512-BF16): running f32");
         }
-        got
+        Ok(det)
     }
 }
 

@@ -106,7 +106,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         drain_delay: Duration::from_millis(args.drain_delay_ms),
-        decoder_layers: args.model.decoder_layers,
         max_streams_per_key: args.max_streams_per_key,
         ..ServerConfig::default()
     }

@@ -177,7 +177,7 @@ pub fn run(
         }
         if let Some(wr) = writer.as_mut() {
             // Frames between processed ones reuse the last detections.
-            wr.write(&rtdetr::draw::annotate(&img, last))?;
+            wr.write(&rtdetr::io::draw::annotate(&img, last))?;
         }
         bar.inc(1);
         Ok(())

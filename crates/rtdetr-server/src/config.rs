@@ -29,8 +29,6 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Per-request deadline (reading the body, fetching, decoding, queueing, inference): 504 past it.
     pub request_timeout: Duration,
-    /// Run only the first N decoder layers.
-    pub decoder_layers: Option<usize>,
     /// URL fetching rules (the address policy comes from `--allow-private-urls`).
     pub fetch: FetchConfig,
     /// Longest wait for in-flight requests on shutdown.
@@ -57,7 +55,6 @@ impl Default for ServerConfig {
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout: Duration::from_secs(60),
-            decoder_layers: None,
             fetch: FetchConfig::default(),
             shutdown_timeout: Duration::from_secs(30),
             drain_delay: Duration::from_secs(1),

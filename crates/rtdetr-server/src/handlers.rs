@@ -1,10 +1,9 @@
-//! Route handlers. They parse and validate requests, decode images on the blocking pool and
-//! hand ready pixels to the [`InferenceQueue`](crate::queue::InferenceQueue); no tensor code here.
+//! HTTP route handlers: they parse and validate requests and shape responses; the images go
+//! through the [`pipeline`] (shared with the WebSocket stream). No tensor code here.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
@@ -12,49 +11,18 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use futures_util::StreamExt;
-use rtdetr::{DetectOptions, Detection};
+use image::RgbImage;
+use rtdetr::Detection;
 use serde::de::DeserializeOwned;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::config::MAX_IMAGES_PER_REQUEST;
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::input::{annotated_jpeg_data_url, decode_and_prepare, decode_base64, parse_image_ref, ImageSource};
+use crate::input::{annotated_jpeg_data_url, parse_image_ref, ImageSource};
 use crate::metrics as m;
-use crate::queue::{InferenceRequest, InferenceResult, ModelInfo, ModelState, QueueError};
-use crate::server::AppState;
+use crate::pipeline;
+use crate::state::{unix_now, AppState};
 use crate::types::*;
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// The model, if it is ready and the server is not shutting down.
-fn ready(state: &AppState) -> ApiResult<Arc<ModelInfo>> {
-    if state.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable("shutting_down", "the server is shutting down"));
-    }
-    match state.queue.state() {
-        ModelState::Ready(info) => Ok(info),
-        ModelState::Loading => Err(ApiError::unavailable("not_ready", "the model is still loading; retry shortly")),
-        ModelState::Failed(_) => Err(ApiError::unavailable("model_unavailable", "the model failed to load")),
-    }
-}
-
-/// Takes `n` admission slots (one per image) or answers 429 at once.
-fn admit(state: &AppState, n: usize) -> ApiResult<OwnedSemaphorePermit> {
-    let permit =
-        u32::try_from(n).ok().and_then(|n| state.permits.clone().try_acquire_many_owned(n).ok()).ok_or_else(|| {
-            metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
-            ApiError::queue_full()
-        })?;
-    metrics::gauge!(m::IN_FLIGHT).set((state.config.max_queue - state.permits.available_permits()) as f64);
-    Ok(permit)
-}
 
 fn check_model(state: &AppState, model: &str) -> ApiResult<()> {
     if model != state.config.served_model_name {
@@ -167,122 +135,43 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     })
 }
 
-pub(crate) fn queue_error(e: QueueError) -> ApiError {
-    match e {
-        QueueError::Full => {
-            metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
-            ApiError::queue_full()
-        }
-        QueueError::Closed => ApiError::unavailable("shutting_down", "the server is shutting down"),
-        QueueError::DeadlineExceeded => deadline_error(),
-        QueueError::Failed(msg) => ApiError::internal(format!("inference failed: {msg}")),
-    }
-}
-
-pub(crate) fn deadline_error() -> ApiError {
-    metrics::counter!(m::REJECTED, "reason" => "deadline").increment(1);
-    ApiError::deadline_exceeded("the request (or stream frame) did not complete within the server's time limit")
-}
-
-/// One image's outcome.
-struct ImageOutcome {
-    width: u32,
-    height: u32,
-    detections: Vec<Detection>,
-    timings: Timings,
-    annotated: Option<String>,
-}
-
-/// Fetch/decode/preprocess on the blocking pool, then queue for inference.
-async fn process_image(
-    state: &AppState,
-    info: &Arc<ModelInfo>,
-    source: ImageSource,
-    options: DetectOptions,
-    deadline: Instant,
-    return_image: bool,
-) -> ApiResult<ImageOutcome> {
-    let mut timings = Timings::default();
-    let (bytes, b64) = match source {
-        ImageSource::Bytes(b) => (b, None),
-        ImageSource::Base64(s) => (Vec::new(), Some(s)),
-        ImageSource::Url(u) => {
-            let t = std::time::Instant::now();
-            let bytes = crate::fetch::fetch_image(&u, &state.config.fetch).await?;
-            timings.fetch = ms(t.elapsed());
-            (bytes, None)
-        }
-    };
-    let (max_pixels, max_bytes, info2) = (state.config.max_image_pixels, state.config.max_body_bytes, info.clone());
-    // At most one full-size decode per CPU at a time (more would not be faster, only bigger).
-    let slot = state
-        .decode_slots
-        .acquire()
-        .await
-        .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))?;
-    let prepared = tokio::task::spawn_blocking(move || {
-        let bytes = match b64 {
-            Some(s) => decode_base64(&s, max_bytes)?,
-            None => bytes,
-        };
-        decode_and_prepare(&bytes, max_pixels, &info2.preprocessor, return_image)
-    })
-    .await
-    .map_err(|_| ApiError::internal("the image decoding task failed"))??;
-    drop(slot);
-    timings.decode = ms(prepared.decode_time);
-    metrics::histogram!(m::DECODE_DURATION).record(prepared.decode_time.as_secs_f64());
-    let (width, height) = prepared.image_size;
-    let result = infer(
-        state,
-        InferenceRequest {
-            pixels: prepared.pixels,
-            input_size: prepared.input_size,
-            image_size: prepared.image_size,
-            options,
-            deadline: deadline.into_std(),
-        },
-    )
-    .await?;
-    timings.queue = ms(result.queue_time);
-    timings.inference = ms(result.inference_time);
-    timings.batch_size = result.batch_size;
-    let annotated = match prepared.image {
-        Some(img) => {
-            let dets = result.detections.clone();
-            Some(
-                tokio::task::spawn_blocking(move || annotated_jpeg_data_url(&img, &dets))
-                    .await
-                    .map_err(|_| ApiError::internal("the drawing task failed"))??,
-            )
-        }
-        None => None,
-    };
-    Ok(ImageOutcome { width, height, detections: result.detections, timings, annotated })
-}
-
-/// Queues one decoded image (HTTP request or stream frame) and waits for its detections.
-pub(crate) async fn infer(state: &AppState, request: InferenceRequest) -> ApiResult<InferenceResult> {
-    let rx = state.queue.submit(request).map_err(queue_error)?;
-    let result = rx
-        .await
-        .map_err(|_| ApiError::unavailable("shutting_down", "the inference queue stopped"))?
-        .map_err(queue_error)?;
-    metrics::counter!(m::DETECTIONS).increment(result.detections.len() as u64);
-    Ok(result)
-}
-
 /// Runs `f` under the request's deadline.
 async fn with_deadline<F>(state: &AppState, f: impl FnOnce(Instant) -> F) -> Response
 where
     F: std::future::Future<Output = ApiResult<Response>>,
 {
     let deadline = Instant::now() + state.config.request_timeout;
-    match tokio::time::timeout_at(deadline, f(deadline)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => deadline_error().into_response(),
-    }
+    pipeline::within(deadline, f(deadline)).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Draws the detections on the blocking pool (`return_image`).
+async fn annotate(image: RgbImage, detections: &[Detection]) -> ApiResult<String> {
+    let detections = detections.to_vec();
+    tokio::task::spawn_blocking(move || annotated_jpeg_data_url(&image, &detections))
+        .await
+        .map_err(|_| ApiError::internal("the drawing task failed"))?
+}
+
+/// The error answers that `/v1/detections` and `/v1/chat/completions` share, written once
+/// for their OpenAPI descriptions (each route adds its own 200, 400 and 404).
+/// Documentation only: never constructed.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum InferenceErrors {
+    #[response(status = 401, description = "Missing or wrong API key")]
+    Unauthorized(ErrorResponse),
+    #[response(status = 413, description = "Body, download or image pixel count too large")]
+    TooLarge(ErrorResponse),
+    #[response(status = 415, description = "Unsupported Content-Type or non-image media")]
+    UnsupportedMedia(ErrorResponse),
+    #[response(status = 422, description = "Invalid parameter")]
+    InvalidParameter(ErrorResponse),
+    #[response(status = 429, description = "Queue full; see Retry-After")]
+    QueueFull(ErrorResponse),
+    #[response(status = 503, description = "Not ready or shutting down (no work done: safe to retry elsewhere)")]
+    Unavailable(ErrorResponse),
+    #[response(status = 504, description = "The request's deadline passed (`timeout`)")]
+    Timeout(ErrorResponse),
 }
 
 /// Detect objects in one image (JSON or multipart).
@@ -300,14 +189,8 @@ where
     responses(
         (status = 200, description = "Detections", body = DetectionResponse),
         (status = 400, description = "Bad request: invalid JSON, base64, image or URL", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 404, description = "Unknown model", body = ErrorResponse),
-        (status = 413, description = "Body, download or image pixel count too large", body = ErrorResponse),
-        (status = 415, description = "Unsupported Content-Type or non-image media", body = ErrorResponse),
-        (status = 422, description = "Invalid parameter", body = ErrorResponse),
-        (status = 429, description = "Queue full; see Retry-After", body = ErrorResponse),
-        (status = 503, description = "Not ready or shutting down (no work done: safe to retry elsewhere)", body = ErrorResponse),
-        (status = 504, description = "The request's deadline passed (`timeout`)", body = ErrorResponse),
+        InferenceErrors,
     ),
     security(("bearer" = []))
 )]
@@ -318,8 +201,8 @@ pub async fn detections(State(state): State<Arc<AppState>>, req: Request) -> Res
 
 async fn detections_inner(state: &AppState, req: Request, deadline: Instant) -> ApiResult<Response> {
     let start = Instant::now();
-    let info = ready(state)?;
-    let _permit = admit(state, 1)?;
+    let info = state.ready()?;
+    let _permit = state.admit(1)?;
     let (source, params, model, return_image) = match body_kind(req.headers()) {
         BodyKind::Json => {
             let bytes = read_body(req, state.config.max_body_bytes).await?;
@@ -333,16 +216,20 @@ async fn detections_inner(state: &AppState, req: Request, deadline: Instant) -> 
     if let Some(model) = &model {
         check_model(state, model)?;
     }
-    let options = params.to_options(&info.labels, state.config.decoder_layers)?;
-    let mut out = process_image(state, &info, source, options, deadline, return_image).await?;
-    out.timings.total = ms(start.elapsed());
+    let options = params.to_options(&info.labels)?;
+    let mut out = pipeline::detect(state, &info, source, options, deadline, return_image).await?;
+    let annotated_image = match out.image.take() {
+        Some(image) => Some(annotate(image, &out.detections).await?),
+        None => None,
+    };
+    out.timings.total = millis(start.elapsed());
     Ok(Json(DetectionResponse {
         model: state.config.served_model_name.clone(),
         width: out.width,
         height: out.height,
         detections: out.detections,
         timings_ms: out.timings,
-        annotated_image: out.annotated,
+        annotated_image,
     })
     .into_response())
 }
@@ -382,7 +269,7 @@ async fn read_multipart(req: Request, limit: usize) -> ApiResult<(ImageSource, D
                     Some(t) if t.trim_start().starts_with("data:") || t.contains("://") => {
                         parse_image_ref(t, true, "image")?
                     }
-                    _ => ImageSource::Bytes(bytes.to_vec()),
+                    _ => ImageSource::Bytes(bytes),
                 });
             }
             "threshold" | "max_detections" | "classes" | "return_image" | "model" => {
@@ -474,14 +361,8 @@ fn collect_images(messages: &[ChatMessage]) -> ApiResult<Vec<ImageSource>> {
             )
         ),
         (status = 400, description = "Bad request: no image, invalid JSON, base64, image or URL", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 404, description = "Unknown model (`model_not_found`)", body = ErrorResponse),
-        (status = 413, description = "Body, download or image pixel count too large", body = ErrorResponse),
-        (status = 415, description = "Unsupported Content-Type or non-image media", body = ErrorResponse),
-        (status = 422, description = "Invalid parameter", body = ErrorResponse),
-        (status = 429, description = "Queue full; see Retry-After", body = ErrorResponse),
-        (status = 503, description = "Not ready or shutting down (no work done: safe to retry elsewhere)", body = ErrorResponse),
-        (status = 504, description = "The request's deadline passed (`timeout`)", body = ErrorResponse),
+        InferenceErrors,
     ),
     security(("bearer" = []))
 )]
@@ -491,8 +372,8 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) 
 }
 
 async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiResult<Response> {
-    let info = ready(state)?;
-    let first = admit(state, 1)?;
+    let info = state.ready()?;
+    let first = state.admit(1)?;
     match body_kind(req.headers()) {
         BodyKind::Json => {}
         BodyKind::Multipart => return Err(unsupported_body("multipart/form-data", "application/json")),
@@ -517,11 +398,11 @@ async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiRes
         )
         .with_param("messages"));
     }
-    let _more = if images.len() > 1 { Some(admit(state, images.len() - 1)?) } else { None };
-    let options = body.params().to_options(&info.labels, state.config.decoder_layers)?;
+    let _more = if images.len() > 1 { Some(state.admit(images.len() - 1)?) } else { None };
+    let options = body.params().to_options(&info.labels)?;
     let n_images = images.len() as u64;
     let outcomes = futures_util::future::try_join_all(
-        images.into_iter().map(|src| process_image(state, &info, src, options.clone(), deadline, false)),
+        images.into_iter().map(|src| pipeline::detect(state, &info, src, options.clone(), deadline, false)),
     )
     .await?;
     drop(first);
@@ -641,7 +522,7 @@ pub async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String
     )
 )]
 pub async fn health(State(state): State<Arc<AppState>>) -> ApiResult<Json<Health>> {
-    ready(&state)?;
+    state.ready()?;
     Ok(Json(Health { status: "ok".into(), model: state.config.served_model_name.clone() }))
 }
 
@@ -654,7 +535,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> ApiResult<Json<Health
 )]
 pub async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
     metrics::gauge!(m::QUEUE_DEPTH).set(state.queue.depth() as f64);
-    metrics::gauge!(m::IN_FLIGHT).set((state.config.max_queue - state.permits.available_permits()) as f64);
+    state.record_in_flight();
     let body = m::render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use base64::Engine;
 use image::RgbImage;
-use rtdetr::preprocess::Preprocessor;
+use rtdetr::io::preprocess::Preprocessor;
+use rtdetr::PreparedImage;
 
 use crate::error::ApiError;
 
@@ -17,8 +19,8 @@ pub enum ImageSource {
     Base64(String),
     /// An http(s) URL to fetch.
     Url(String),
-    /// Uploaded bytes (multipart).
-    Bytes(Vec<u8>),
+    /// Uploaded bytes (multipart, stream frames).
+    Bytes(Bytes),
 }
 
 /// Classifies an image reference string: `data:image/...;base64,...`, `http(s)://...`, or
@@ -87,11 +89,8 @@ pub fn decode_base64(data: &str, max_bytes: usize) -> Result<Vec<u8>, ApiError> 
 
 /// An image decoded and preprocessed for the model.
 pub struct Prepared {
-    pub pixels: Vec<f32>,
-    /// (height, width) of `pixels`.
-    pub input_size: (usize, usize),
-    /// (width, height) of the decoded image.
-    pub image_size: (u32, u32),
+    /// Pixels for the network, their input size and the decoded image's (width, height).
+    pub input: PreparedImage,
     /// The decoded image, kept when an annotated image is requested.
     pub image: Option<RgbImage>,
     pub decode_time: Duration,
@@ -122,7 +121,7 @@ pub fn decode_and_prepare(
             format!("{format:?} images are not supported; supported formats: {SUPPORTED}"),
         ));
     }
-    let (w, h) = rtdetr::preprocess::image_dimensions(bytes)
+    let (w, h) = rtdetr::image_dimensions(bytes)
         .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot read the image header: {e}")))?;
     let pixels = u64::from(w) * u64::from(h);
     if pixels > max_pixels {
@@ -133,24 +132,16 @@ pub fn decode_and_prepare(
     }
     let img = rtdetr::decode_image(bytes, max_pixels)
         .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot decode the image: {e}")))?;
-    let (iw, ih) = img.dimensions();
-    let px = preprocessor
-        .pixels(&img)
+    let input = preprocessor
+        .prepare(&img)
         .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot preprocess the image: {e}")))?;
-    let input_size = preprocessor.output_size(ih as usize, iw as usize);
     metrics::counter!(crate::metrics::IMAGES).increment(1);
-    Ok(Prepared {
-        pixels: px,
-        input_size,
-        image_size: (iw, ih),
-        image: keep_image.then_some(img),
-        decode_time: start.elapsed(),
-    })
+    Ok(Prepared { input, image: keep_image.then_some(img), decode_time: start.elapsed() })
 }
 
 /// Draws the detections and encodes a JPEG data URL.
 pub fn annotated_jpeg_data_url(image: &RgbImage, detections: &[rtdetr::Detection]) -> Result<String, ApiError> {
-    let canvas = rtdetr::draw::annotate(image, detections);
+    let canvas = rtdetr::io::draw::annotate(image, detections);
     let mut jpeg = Vec::new();
     let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
     canvas

@@ -1,17 +1,27 @@
 //! `rtdetr serve`: an OpenAI-compatible HTTP API for RT-DETR detection.
 //!
-//! Layout (after text-embeddings-inference's router): the HTTP layer ([`handlers`],
-//! [`server`]) validates requests, decodes and preprocesses images on tokio's blocking pool
-//! and never touches tensors; the [`queue`] owns the [`rtdetr::Detector`] on a dedicated
-//! thread and runs dynamic batches. Admission is bounded (429 when full), every request has
-//! a deadline, URL inputs are fetched by [`fetch`] without SSRF exposure.
+//! Layout (after text-embeddings-inference's router); modules depend only on those listed
+//! before them, never in a circle:
+//! - leaves: [`error`], [`metrics`], [`auth`], [`fetch`] (URLs without SSRF exposure),
+//!   [`config`], [`types`] (request and response bodies), [`input`] (image references,
+//!   decoding with a pixel limit);
+//! - [`queue`]: one thread owns the [`rtdetr::Detector`] and batches prepared images into
+//!   [`rtdetr::Detector::detect_prepared`] (no tensor code in this crate);
+//! - [`state`]: [`AppState`] and its gates: readiness (503), admission slots (429) with the
+//!   in-flight gauge, open streams;
+//! - [`pipeline`]: the one path of an image for HTTP and WebSocket alike: fetch, decode on
+//!   the blocking pool, queue with a deadline, errors mapped to 429/503/504/500;
+//! - [`handlers`] (HTTP shapes) and [`stream`] (the `/v1/stream` WebSocket protocol) both
+//!   call [`pipeline`], never each other; [`pages`] and [`openapi`] serve the page and docs;
+//! - [`server`]: the router, middleware and life cycle (load, warm up, serve, drain).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use rtdetr_server::{RunningServer, ServerConfig};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! let config = ServerConfig { served_model_name: "shapes-demo".into(), ..Default::default() };
-//! let server = RunningServer::start(config, Box::new(|| Ok(rtdetr::Detector::load("models/shapes-demo")?)), listener).await?;
+//! let loader = Box::new(|| Ok(rtdetr::Detector::load("models/shapes-demo", &rtdetr::LoadOptions::default())?));
+//! let server = RunningServer::start(config, loader, listener).await?;
 //! server.wait().await
 //! # }
 //! ```
@@ -25,8 +35,10 @@ pub mod input;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod pipeline;
 pub mod queue;
 pub mod server;
+pub mod state;
 pub mod stream;
 pub mod types;
 
@@ -35,4 +47,5 @@ pub use config::ServerConfig;
 pub use error::{ApiError, ErrorResponse};
 pub use fetch::{AddressPolicy, FetchConfig};
 pub use queue::{InferenceQueue, ModelLoader};
-pub use server::{router, AppState, RunningServer, ShutdownHandle};
+pub use server::{router, RunningServer, ShutdownHandle};
+pub use state::AppState;

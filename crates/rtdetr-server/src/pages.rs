@@ -10,7 +10,7 @@ use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 static INDEX: &str = include_str!("../static/index.html");
 

@@ -1,13 +1,15 @@
 //! The inference queue: one thread owns the [`Detector`] and runs dynamic batches.
 //!
-//! Request handlers decode and preprocess images on tokio's blocking pool (in parallel with
-//! inference) and submit the ready pixels here. The batcher takes the first waiting job,
-//! then gathers more for up to `max_batch_delay` or until `max_batch_size`, drops jobs
-//! whose client went away or whose deadline passed, runs one forward pass and
-//! post-processes each image with its own options (threshold, class filter, cap), so
+//! The server's pipeline decodes and preprocesses images on tokio's blocking pool (in
+//! parallel with inference) and submits the [`PreparedImage`]s here. The batcher
+//! takes the first waiting job, then gathers more for up to `max_batch_delay` or until
+//! `max_batch_size`, drops jobs whose client went away or whose deadline passed, groups the
+//! rest by input size and hands each group to [`Detector::detect_prepared`]: one forward
+//! pass, each image post-processed with its own options (threshold, class filter, cap), so
 //! requests with different options still share a forward pass. Results equal one-by-one
-//! inference because every image goes through the same preprocessing and post-processing
-//! functions as [`Detector::detect`]. This is the only module that touches tensors.
+//! inference because the engine runs the same preprocessing and post-processing as
+//! [`Detector::detect`]. The server holds no tensor code: batching and post-processing are
+//! the engine's.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,9 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rtdetr::model::StageTimes;
-use rtdetr::preprocess::Preprocessor;
-use rtdetr::{DetectOptions, Detection, Detector};
+use rtdetr::io::preprocess::Preprocessor;
+use rtdetr::{DetectOptions, Detection, Detector, PreparedImage};
 use tokio::sync::{oneshot, watch};
 
 use crate::metrics as m;
@@ -33,8 +34,6 @@ pub struct QueueConfig {
     pub max_batch_delay: Duration,
     /// Jobs the channel holds (live ones are bounded by the server's admission permits).
     pub capacity: usize,
-    /// Run only the first N decoder layers.
-    pub decoder_layers: Option<usize>,
     /// Test hook: sleep this long before each batch (to fill the queue deterministically).
     #[doc(hidden)]
     pub test_batch_delay: Option<Duration>,
@@ -42,13 +41,7 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self {
-            max_batch_size: 4,
-            max_batch_delay: Duration::from_millis(5),
-            capacity: 128,
-            decoder_layers: None,
-            test_batch_delay: None,
-        }
+        Self { max_batch_size: 4, max_batch_delay: Duration::from_millis(5), capacity: 128, test_batch_delay: None }
     }
 }
 
@@ -67,15 +60,11 @@ pub enum ModelState {
     Failed(String),
 }
 
-/// One image ready for the network.
+/// One image ready for the network, with its post-processing options.
 #[derive(Debug)]
 pub struct InferenceRequest {
-    /// CHW pixels from the model's preprocessor.
-    pub pixels: Vec<f32>,
-    /// (height, width) of `pixels`.
-    pub input_size: (usize, usize),
-    /// (width, height) of the original image (boxes are scaled to it).
-    pub image_size: (u32, u32),
+    /// Pixels from the model's preprocessor, their input size and the original image size.
+    pub image: PreparedImage,
     pub options: DetectOptions,
     /// Skipped (and answered with [`QueueError::DeadlineExceeded`]) if not started by then.
     pub deadline: Instant,
@@ -147,7 +136,7 @@ impl InferenceQueue {
                 }
             };
             let started = Instant::now();
-            if let Err(e) = warm_up(&detector, config.decoder_layers) {
+            if let Err(e) = detector.warm_up() {
                 let _ = state_tx.send(ModelState::Failed(format!("warm-up failed: {e}")));
                 return;
             }
@@ -246,13 +235,6 @@ impl InferenceQueue {
     }
 }
 
-fn warm_up(detector: &Detector, decoder_layers: Option<usize>) -> rtdetr::Result<()> {
-    let (h, w) = detector.preprocessor().size.unwrap_or((640, 640));
-    let pixels = candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &candle_core::Device::Cpu)?;
-    detector.forward(&pixels, decoder_layers, &mut StageTimes::default())?;
-    Ok(())
-}
-
 fn batch_loop(detector: &Detector, rx: Receiver<Job>, cfg: &QueueConfig, depth: &AtomicUsize, stats: &QueueStats) {
     let max_batch = cfg.max_batch_size.max(1);
     loop {
@@ -301,18 +283,18 @@ fn batch_loop(detector: &Detector, rx: Receiver<Job>, cfg: &QueueConfig, depth: 
         // Images of one forward pass must share an input size (they do unless the
         // checkpoint keeps the original size).
         while !batch.is_empty() {
-            let size = batch[0].req.input_size;
-            let (group, rest): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.req.input_size == size);
+            let size = batch[0].req.image.input_size;
+            let (group, rest): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.req.image.input_size == size);
             batch = rest;
-            run_group(detector, group, cfg.decoder_layers, stats);
+            run_group(detector, group, stats);
         }
     }
 }
 
-fn run_group(detector: &Detector, group: Vec<Job>, decoder_layers: Option<usize>, stats: &QueueStats) {
+fn run_group(detector: &Detector, group: Vec<Job>, stats: &QueueStats) {
     let n = group.len();
     let started = Instant::now();
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| infer(detector, &group, decoder_layers)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| infer(detector, &group)));
     let elapsed = started.elapsed();
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.images.fetch_add(n as u64, Ordering::Relaxed);
@@ -346,35 +328,16 @@ fn run_group(detector: &Detector, group: Vec<Job>, decoder_layers: Option<usize>
     }
 }
 
-fn infer(detector: &Detector, group: &[Job], decoder_layers: Option<usize>) -> rtdetr::Result<Vec<Vec<Detection>>> {
-    let (h, w) = group[0].req.input_size;
-    let mut data = Vec::with_capacity(group.len() * 3 * h * w);
-    for job in group {
-        if job.req.pixels.len() != 3 * h * w {
-            return Err(rtdetr::Error::InvalidArgument("pixel buffer does not match its input size".into()));
-        }
-        data.extend_from_slice(&job.req.pixels);
+/// One forward pass for the group, each image post-processed with its own options.
+fn infer(detector: &Detector, group: &[Job]) -> rtdetr::Result<Vec<Vec<Detection>>> {
+    let batch: Vec<(&PreparedImage, &DetectOptions)> = group.iter().map(|j| (&j.req.image, &j.req.options)).collect();
+    let out = detector.detect_prepared(&batch)?;
+    if out.len() != group.len() {
+        return Err(rtdetr::Error::Internal(format!(
+            "the engine returned {} results for {} images",
+            out.len(),
+            group.len()
+        )));
     }
-    let pixels = candle_core::Tensor::from_vec(data, (group.len(), 3, h, w), &candle_core::Device::Cpu)?;
-    let out = detector.forward(&pixels, decoder_layers, &mut StageTimes::default())?;
-    let (b, q, c) = out.logits.dims3()?;
-    if b != group.len() {
-        return Err(rtdetr::Error::InvalidArgument(format!("model returned {b} results for {} images", group.len())));
-    }
-    let logits = out.logits.flatten_all()?.to_vec1::<f32>()?;
-    let boxes = out.boxes.flatten_all()?.to_vec1::<f32>()?;
-    Ok(group
-        .iter()
-        .enumerate()
-        .map(|(i, job)| {
-            rtdetr::postprocess::post_process(
-                &logits[i * q * c..(i + 1) * q * c],
-                &boxes[i * q * 4..(i + 1) * q * 4],
-                c,
-                job.req.image_size,
-                detector.labels(),
-                &job.req.options,
-            )
-        })
-        .collect())
+    Ok(out)
 }

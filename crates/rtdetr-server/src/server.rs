@@ -1,9 +1,10 @@
-//! The router, middleware (request id, logs, metrics, auth, error shape) and the server's
+//! The top of the server: the router (routes from [`handlers`], [`stream`], [`pages`] and
+//! [`openapi`]), middleware (request id, logs, metrics, auth, error shape) and the server's
 //! life cycle (load and warm up, serve, drain on shutdown).
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,32 +15,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::queue::{InferenceQueue, ModelLoader, QueueConfig};
-use crate::stream::StreamRegistry;
+use crate::state::AppState;
 use crate::{handlers, metrics as m, openapi, pages, stream};
-
-/// Shared by every handler.
-pub struct AppState {
-    pub config: ServerConfig,
-    pub queue: Arc<InferenceQueue>,
-    /// Admission slots, one per image in flight (`--max-queue`).
-    pub permits: Arc<Semaphore>,
-    /// Concurrent image decodes (one per CPU): bounds the memory of full-size decoded images.
-    pub decode_slots: Arc<Semaphore>,
-    /// Set once shutdown starts: `/health` and new inference requests answer 503 (the listener
-    /// stays open while admitted work finishes, at least `drain_delay`).
-    pub draining: AtomicBool,
-    /// Unix time the server started (the model's `created`).
-    pub created: u64,
-    /// Open `/v1/stream` WebSockets (per-key limit, closed on shutdown).
-    pub streams: Arc<StreamRegistry>,
-}
 
 /// The id of a request (`x-request-id`, generated when absent), in request extensions.
 #[derive(Debug, Clone)]
@@ -186,7 +170,7 @@ async fn wait_drained(state: &AppState) {
         "draining: /health and new requests answer 503; finishing admitted requests"
     );
     loop {
-        let idle = state.permits.available_permits() >= state.config.max_queue;
+        let idle = state.in_flight() == 0;
         let elapsed = start.elapsed();
         if (idle && elapsed >= state.config.drain_delay) || elapsed >= state.config.shutdown_timeout {
             break;
@@ -230,20 +214,10 @@ impl RunningServer {
                 max_batch_size: config.max_batch_size,
                 max_batch_delay: config.max_batch_delay,
                 capacity: config.max_queue.saturating_mul(2),
-                decoder_layers: config.decoder_layers,
                 test_batch_delay: config.test_batch_delay,
             },
         );
-        let config_streams = config.max_streams_per_key;
-        let state = Arc::new(AppState {
-            permits: Arc::new(Semaphore::new(config.max_queue)),
-            decode_slots: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
-            config,
-            queue,
-            draining: AtomicBool::new(false),
-            created: handlers::unix_now(),
-            streams: StreamRegistry::new(config_streams),
-        });
+        let state = Arc::new(AppState::new(config, queue));
         let (stop_tx, _) = watch::channel(false);
         let stop = Arc::new(stop_tx);
         let failure: Arc<Mutex<Option<String>>> = Arc::default();

@@ -22,15 +22,14 @@
 //!   disconnected, so it never holds up other connections or the inference queue.
 //! - On shutdown every stream is closed with code 1001 (going away).
 //!
-//! Frames go through the same decode ([`decode_and_prepare`]), admission slots and batching
-//! [`InferenceQueue`](crate::queue::InferenceQueue) as HTTP requests, so streams and HTTP
-//! requests share forward passes. No tensor code here.
+//! Frames go through the same admission slots and [`pipeline`] (decode, batching queue) as
+//! HTTP requests, so streams and HTTP requests share forward passes. This module holds only
+//! the WebSocket protocol; no tensor code here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -44,15 +43,15 @@ use futures_util::{SinkExt, StreamExt};
 use rtdetr::{DetectOptions, Detection};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{deadline_error, queue_error};
-use crate::input::decode_and_prepare;
+use crate::input::ImageSource;
 use crate::metrics as m;
-use crate::queue::{InferenceRequest, ModelInfo, ModelState, QueueError};
-use crate::server::AppState;
-use crate::types::DetectParams;
+use crate::pipeline;
+use crate::queue::ModelInfo;
+use crate::state::{AppState, StreamSlot};
+use crate::types::{millis, DetectParams};
 
 /// Answers buffered per connection before the client counts as not reading.
 pub const OUT_BUFFER: usize = 64;
@@ -61,78 +60,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers held back (to keep them in frame order) while a frame is in inference; a client
 /// that sends more frames than this during one inference is disconnected (1008).
 pub const MAX_HELD: usize = 1024;
-
-/// Open streams per API key, and the shutdown signal for all of them.
-pub struct StreamRegistry {
-    max_per_key: usize,
-    open: Mutex<HashMap<Option<usize>, usize>>,
-    live: watch::Sender<usize>,
-    shutdown: watch::Sender<bool>,
-}
-
-impl StreamRegistry {
-    pub fn new(max_per_key: usize) -> Arc<Self> {
-        Arc::new(Self {
-            max_per_key: max_per_key.max(1),
-            open: Mutex::default(),
-            live: watch::channel(0).0,
-            shutdown: watch::channel(false).0,
-        })
-    }
-
-    /// Open stream connections.
-    pub fn open_streams(&self) -> usize {
-        *self.live.borrow()
-    }
-
-    /// Takes a slot for `key` (`None`: no keys configured), or `None` when it has
-    /// `max_per_key` streams open.
-    fn try_open(self: &Arc<Self>, key: Option<usize>) -> Option<StreamSlot> {
-        let mut open = self.open.lock().ok()?;
-        let n = open.entry(key).or_insert(0);
-        if *n >= self.max_per_key {
-            return None;
-        }
-        *n += 1;
-        drop(open);
-        self.live.send_modify(|n| *n += 1);
-        metrics::gauge!(m::STREAM_CONNECTIONS).set(self.open_streams() as f64);
-        Some(StreamSlot { registry: self.clone(), key })
-    }
-
-    /// Asks every open stream to close (1001) and refuses new ones.
-    pub fn shutdown(&self) {
-        self.shutdown.send_replace(true);
-    }
-
-    /// Waits until every stream has closed, at most `timeout`.
-    pub async fn wait_closed(&self, timeout: Duration) -> bool {
-        let mut rx = self.live.subscribe();
-        let closed = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
-        matches!(closed, Ok(Ok(_)))
-    }
-}
-
-/// One open stream, released on drop.
-struct StreamSlot {
-    registry: Arc<StreamRegistry>,
-    key: Option<usize>,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.registry.open.lock() {
-            if let Some(n) = open.get_mut(&self.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    open.remove(&self.key);
-                }
-            }
-        }
-        self.registry.live.send_modify(|n| *n = n.saturating_sub(1));
-        metrics::gauge!(m::STREAM_CONNECTIONS).set(self.registry.open_streams() as f64);
-    }
-}
 
 fn query_api_key(uri: &Uri) -> Option<String> {
     let q = uri.query()?;
@@ -193,16 +120,7 @@ fn open(
             format!("/v1/stream is a WebSocket endpoint: {}", e.body_text()),
         )
     })?;
-    if state.draining.load(Ordering::Relaxed) || *state.streams.shutdown.borrow() {
-        return Err(ApiError::unavailable("shutting_down", "the server is shutting down"));
-    }
-    let info = match state.queue.state() {
-        ModelState::Ready(info) => info,
-        ModelState::Loading => {
-            return Err(ApiError::unavailable("not_ready", "the model is still loading; retry shortly"))
-        }
-        ModelState::Failed(_) => return Err(ApiError::unavailable("model_unavailable", "the model failed to load")),
-    };
+    let info = state.ready()?;
     let limit = state.config.max_streams_per_key;
     let slot = state.streams.try_open(key).ok_or_else(|| {
         metrics::counter!(m::REJECTED, "reason" => "too_many_streams").increment(1);
@@ -358,7 +276,7 @@ impl Conn {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
-        let msg = match parse_options(text, &self.info.labels, self.state.config.decoder_layers) {
+        let msg = match parse_options(text, &self.info.labels) {
             Ok(options) => {
                 let classes = options
                     .classes
@@ -380,7 +298,7 @@ impl Conn {
 
 /// Parses an options message: a JSON object with only `threshold`, `classes` and
 /// `max_detections` (each optional, omitted ones take their defaults).
-fn parse_options(text: &str, labels: &[String], decoder_layers: Option<usize>) -> ApiResult<DetectOptions> {
+fn parse_options(text: &str, labels: &[String]) -> ApiResult<DetectOptions> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the options message is not valid JSON: {e}")))?;
     let Some(obj) = value.as_object() else {
@@ -396,10 +314,10 @@ fn parse_options(text: &str, labels: &[String], decoder_layers: Option<usize>) -
         let path = e.path().to_string();
         ApiError::invalid_param(path.clone(), format!("{path}: {}", e.inner()))
     })?;
-    params.to_options(labels, decoder_layers)
+    params.to_options(labels)
 }
 
-/// Decode (blocking pool, one admission slot) and inference (the shared queue) of one frame.
+/// One frame through the pipeline (one admission slot), under the frame's deadline.
 async fn process(
     state: Arc<AppState>,
     info: Arc<ModelInfo>,
@@ -409,37 +327,13 @@ async fn process(
     frame: u64,
 ) -> Outcome {
     let deadline = tokio::time::Instant::from_std(received) + state.config.request_timeout;
-    let work = async {
-        let _permit = state.permits.clone().try_acquire_owned().map_err(|_| queue_error(QueueError::Full))?;
-        metrics::gauge!(m::IN_FLIGHT).set((state.config.max_queue - state.permits.available_permits()) as f64);
-        let slot = state
-            .decode_slots
-            .acquire()
-            .await
-            .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))?;
-        let max_pixels = state.config.max_image_pixels;
-        let prepared =
-            tokio::task::spawn_blocking(move || decode_and_prepare(&bytes, max_pixels, &info.preprocessor, false))
-                .await
-                .map_err(|_| ApiError::internal("the image decoding task failed"))??;
-        drop(slot);
-        metrics::histogram!(m::DECODE_DURATION).record(prepared.decode_time.as_secs_f64());
-        let (width, height) = prepared.image_size;
-        let result = crate::handlers::infer(
-            &state,
-            InferenceRequest {
-                pixels: prepared.pixels,
-                input_size: prepared.input_size,
-                image_size: prepared.image_size,
-                options,
-                deadline: deadline.into_std(),
-            },
-        )
-        .await?;
-        let latency_ms = (received.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-        Ok(FrameAnswer { frame, width, height, detections: result.detections, latency_ms })
-    };
-    tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| Err(deadline_error()))
+    pipeline::within(deadline, async {
+        let _permit = state.admit(1)?;
+        let out = pipeline::detect(&state, &info, ImageSource::Bytes(bytes), options, deadline, false).await?;
+        let latency_ms = millis(received.elapsed());
+        Ok(FrameAnswer { frame, width: out.width, height: out.height, detections: out.detections, latency_ms })
+    })
+    .await
 }
 
 async fn in_flight_done(f: &mut Option<InFlight>) -> (u64, Outcome) {
@@ -485,14 +379,14 @@ async fn run(socket: WebSocket, state: Arc<AppState>, info: Arc<ModelInfo>, slot
     let (sink, mut incoming) = socket.split();
     let (out, out_rx) = mpsc::channel::<Message>(OUT_BUFFER);
     let writer = tokio::spawn(write_loop(sink, out_rx));
-    let mut shutdown = state.streams.shutdown.subscribe();
+    let mut shutdown = state.streams.shutdown_signal();
     tracing::info!(open = state.streams.open_streams(), "stream opened");
     let mut conn = Conn {
         state: state.clone(),
         info,
         out,
         next_frame: 0,
-        options: DetectOptions { decoder_layers: state.config.decoder_layers, ..DetectOptions::default() },
+        options: DetectOptions::default(),
         in_flight: None,
         pending: None,
         held: VecDeque::new(),
@@ -545,11 +439,11 @@ mod tests {
     #[test]
     fn options_messages() {
         let labels: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
-        let o = parse_options(r#"{"threshold":0.3,"classes":["dog"],"max_detections":5}"#, &labels, None).unwrap();
+        let o = parse_options(r#"{"threshold":0.3,"classes":["dog"],"max_detections":5}"#, &labels).unwrap();
         assert_eq!((o.threshold, o.max_detections, o.classes), (0.3, 5, Some(vec![1])));
-        let o = parse_options("{}", &labels, Some(2)).unwrap();
-        assert_eq!((o.threshold, o.decoder_layers), (0.5, Some(2)));
-        let code = |t: &str| parse_options(t, &labels, None).unwrap_err().code.unwrap_or("");
+        let o = parse_options("{}", &labels).unwrap();
+        assert_eq!((o.threshold, o.max_detections, o.classes), (0.5, 100, None));
+        let code = |t: &str| parse_options(t, &labels).unwrap_err().code.unwrap_or("");
         assert_eq!(code("not json"), "invalid_json");
         assert_eq!(code("[1]"), "invalid_json");
         assert_eq!(code(r#"{"threshold":2}"#), "invalid_parameter");
@@ -557,7 +451,7 @@ mod tests {
         assert_eq!(code(r#"{"classes":["bird"]}"#), "invalid_parameter");
         assert_eq!(code(r#"{"treshold":0.1}"#), "invalid_parameter");
         assert_eq!(
-            parse_options(r#"{"max_detections":0}"#, &labels, None).unwrap_err().param.as_deref(),
+            parse_options(r#"{"max_detections":0}"#, &labels).unwrap_err().param.as_deref(),
             Some("max_detections")
         );
     }
@@ -567,18 +461,5 @@ mod tests {
         let uri: Uri = "/v1/stream?x=1&api_key=sk%2Ba%20b".parse().unwrap();
         assert_eq!(query_api_key(&uri).as_deref(), Some("sk+a b"));
         assert_eq!(query_api_key(&"/v1/stream".parse().unwrap()), None);
-    }
-
-    #[tokio::test]
-    async fn registry_limits_per_key() {
-        let r = StreamRegistry::new(2);
-        let a1 = r.try_open(Some(0)).unwrap();
-        let _a2 = r.try_open(Some(0)).unwrap();
-        assert!(r.try_open(Some(0)).is_none());
-        let _b = r.try_open(Some(1)).unwrap();
-        assert_eq!(r.open_streams(), 3);
-        drop(a1);
-        assert!(r.try_open(Some(0)).is_some());
-        assert!(!r.wait_closed(Duration::from_millis(10)).await);
     }
 }

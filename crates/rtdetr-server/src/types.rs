@@ -23,7 +23,7 @@ pub const MAX_DETECTIONS_LIMIT: usize = 10_000;
 
 impl DetectParams {
     /// Validates the values (422 naming the parameter) and maps class names to ids.
-    pub fn to_options(&self, labels: &[String], decoder_layers: Option<usize>) -> Result<DetectOptions, ApiError> {
+    pub fn to_options(&self, labels: &[String]) -> Result<DetectOptions, ApiError> {
         let threshold = self.threshold.unwrap_or(0.5);
         if !threshold.is_finite() || !(0.0..=1.0).contains(&threshold) {
             return Err(ApiError::invalid_param("threshold", format!("threshold must be in [0, 1], got {threshold}")));
@@ -54,7 +54,7 @@ impl DetectParams {
                 Some(ids)
             }
         };
-        Ok(DetectOptions { threshold, max_detections, classes, decoder_layers })
+        Ok(DetectOptions { threshold, max_detections, classes })
     }
 }
 
@@ -108,6 +108,11 @@ pub struct Timings {
     pub total: f64,
     /// How many images shared the forward pass.
     pub batch_size: usize,
+}
+
+/// A duration in milliseconds, to the microsecond (`timings_ms`, `latency_ms`).
+pub fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// `POST /v1/detections` response.

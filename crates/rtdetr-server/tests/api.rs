@@ -603,7 +603,7 @@ async fn not_ready_until_warm_then_load_failure_stops() {
     let dir = fixture("tiny-bottleneck");
     let slow: rtdetr_server::ModelLoader = Box::new(move || {
         std::thread::sleep(Duration::from_millis(600));
-        Ok(rtdetr::Detector::from_dir(&dir)?)
+        Ok(rtdetr::Detector::from_dir(&dir, &rtdetr::LoadOptions::default())?)
     });
     let t = start_with(config(), slow).await;
     let (s, h, body) = t.get("/health").await;

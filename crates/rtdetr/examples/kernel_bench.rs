@@ -4,8 +4,8 @@
 //! `cargo run --release -p rtdetr --example kernel_bench`
 use std::time::Instant;
 
-use rtdetr::bf16::{self, PackedWeights, Scratch};
-use rtdetr::{kernels, sgemm};
+use rtdetr::bench_internals::bf16::{self, PackedWeights, Scratch};
+use rtdetr::bench_internals::{ops, sgemm};
 
 /// GFLOP/s of `run` (one product of `flop` operations): the median of 5 timings of `reps`
 /// calls each.
@@ -54,7 +54,7 @@ fn main() {
         let reps = ((4e9 / flop) as usize).max(3);
         // SAFETY (all three): w is rows × kdim, b kdim × cols, dst rows × cols.
         let base = gflops(flop, reps, || unsafe {
-            kernels::gemm_ab(rows, cols, kdim, out, cols, w.as_ptr(), kdim, b.as_ptr(), cols)
+            ops::gemm_ab(rows, cols, kdim, out, cols, w.as_ptr(), kdim, b.as_ptr(), cols)
         });
         let mut line = format!("rows {rows:5} kdim {kdim:5} cols {cols:5}  gemm crate {base:6.1} GFLOP/s");
         if sgemm::available() {

@@ -4,34 +4,40 @@
 //! (config.json, model.safetensors, preprocessor_config.json) and reproduces the
 //! reference implementation (transformers' `RTDetrForObjectDetection` and its image
 //! processor). Start with [`Detector`].
+//!
+//! Layout (`docs/architecture.md`): [`io`] reads checkpoints and images and turns raw
+//! outputs into detections; `model` holds the network, one file per stage, behind the
+//! [`Model`] enum of architectures; `kernels` (crate-private) holds the CPU kernels.
 
-pub mod backbone;
-pub mod bf16;
-pub mod config;
-pub mod conv;
-pub mod cpu;
-pub mod decoder;
-pub mod deform_attn;
-pub mod detector;
-pub mod draw;
-pub mod encoder;
-pub mod error;
-pub mod flops;
-pub mod hub;
-pub mod kernels;
-pub mod model;
-pub mod nn;
-pub mod postprocess;
-pub mod preprocess;
-pub mod resize;
-pub mod sgemm;
+// Every unsafe operation sits in its own `unsafe` block with a `// SAFETY:` comment, also
+// inside `unsafe fn`s; the raw-pointer kernels assert their promised bounds in debug builds.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod detector;
+mod error;
+pub mod io;
+mod kernels;
+mod model;
 #[cfg(test)]
 mod test_rng;
-pub mod weights;
-pub mod winograd;
 
-pub use bf16::{set_precision, Precision};
-pub use detector::Detector;
+pub use detector::{Detector, LoadOptions};
 pub use error::{Error, Result};
-pub use postprocess::{BoundingBox, DetectOptions, Detection};
-pub use preprocess::{decode_image, load_image};
+pub use io::hub::DEFAULT_MODEL;
+pub use io::postprocess::{BoundingBox, DetectOptions, Detection};
+pub use io::preprocess::{decode_image, image_dimensions, load_image, PreparedImage};
+pub use kernels::{Precision, WinogradChoice};
+pub use model::{LayerOutput, Model, ModelOutput, StageTimes, Trace};
+
+/// Per-operation timing and the model's nominal FLOP count (`rtdetr bench --profile`).
+pub mod profile {
+    pub use crate::kernels::flops::{set_profiling, take_profile, total, OpStat};
+}
+
+/// The kernels, for the kernel benchmark (`examples/kernel_bench.rs`) only: not a stable
+/// API.
+#[doc(hidden)]
+pub mod bench_internals {
+    pub use crate::kernels::{bf16, dispatch, ops, sgemm};
+}

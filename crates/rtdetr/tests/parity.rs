@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use rtdetr::{load_image, DetectOptions, Detector};
+use rtdetr::{load_image, DetectOptions, Detector, LoadOptions, StageTimes};
 
 const TOL: f32 = 1e-4;
 const FIXTURES: [&str; 2] = ["tiny-bottleneck", "tiny-basic-legacy"];
@@ -38,11 +38,11 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
 /// positions; there the selected logits and boxes are compared instead).
 fn check_stages(dir: &Path, exact_topk: bool) {
     let name = dir.display().to_string();
-    let det = Detector::from_dir(dir).unwrap();
+    let det = Detector::from_dir(dir, &LoadOptions::default()).unwrap();
     let r: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).expect("reference tensors");
     let px = &r["random.pixel_values"];
-    let out = det.model().forward(px, None, true).unwrap();
+    let out = det.model().forward(px, None, true, &mut StageTimes::default()).unwrap();
     let tr = out.trace.as_ref().unwrap();
     for (i, f) in tr.backbone.iter().enumerate() {
         assert_close(&format!("{name} backbone.{i}"), f, &r[&format!("random.backbone.{i}")], TOL);
@@ -152,11 +152,12 @@ fn full_size_stages_match_reference() {
 #[test]
 fn decoder_depth_cut_equals_intermediate_layer() {
     for name in FIXTURES {
-        let det = Detector::from_dir(&fixture_dir(name)).unwrap();
+        let det = Detector::from_dir(&fixture_dir(name), &LoadOptions::default()).unwrap();
         let r = reference(name);
         let n = det.model().num_decoder_layers();
         for depth in 1..=n {
-            let out = det.model().forward(&r["random.pixel_values"], Some(depth), false).unwrap();
+            let out =
+                det.model().forward(&r["random.pixel_values"], Some(depth), false, &mut StageTimes::default()).unwrap();
             assert_eq!(out.layers.len(), depth);
             assert_close(
                 &format!("{name} depth {depth} logits"),
@@ -171,15 +172,29 @@ fn decoder_depth_cut_equals_intermediate_layer() {
                 TOL,
             );
         }
-        assert!(det.model().forward(&r["random.pixel_values"], Some(0), false).is_err());
-        assert!(det.model().forward(&r["random.pixel_values"], Some(n + 1), false).is_err());
+        assert!(det.model().forward(&r["random.pixel_values"], Some(0), false, &mut StageTimes::default()).is_err());
+        assert!(det
+            .model()
+            .forward(&r["random.pixel_values"], Some(n + 1), false, &mut StageTimes::default())
+            .is_err());
+        // The same cut as a load option.
+        for bad in [0, n + 1] {
+            let opts = LoadOptions { decoder_layers: Some(bad), ..Default::default() };
+            assert!(Detector::from_dir(&fixture_dir(name), &opts).is_err(), "{name}: decoder_layers {bad} accepted");
+        }
+        let cut =
+            Detector::from_dir(&fixture_dir(name), &LoadOptions { decoder_layers: Some(1), ..Default::default() })
+                .unwrap();
+        assert_eq!(cut.decoder_layers(), 1);
+        let out = cut.forward(&r["random.pixel_values"], &mut StageTimes::default()).unwrap();
+        assert_close(&format!("{name} load-time cut logits"), &out.logits, &r["random.decoder.0.logits"], TOL);
     }
 }
 
 #[test]
 fn preprocessing_matches_pil_processor() {
     for name in FIXTURES {
-        let det = Detector::from_dir(&fixture_dir(name)).unwrap();
+        let det = Detector::from_dir(&fixture_dir(name), &LoadOptions::default()).unwrap();
         let r = reference(name);
         for f in IMAGES {
             let img = load_image(&fixture_dir("images").join(f)).unwrap();
@@ -194,10 +209,13 @@ fn preprocessing_matches_pil_processor() {
 #[test]
 fn image_outputs_match_on_reference_pixels() {
     for name in FIXTURES {
-        let det = Detector::from_dir(&fixture_dir(name)).unwrap();
+        let det = Detector::from_dir(&fixture_dir(name), &LoadOptions::default()).unwrap();
         let r = reference(name);
         for f in IMAGES {
-            let out = det.model().forward(&r[&format!("images.{f}.pixel_values")], None, false).unwrap();
+            let out = det
+                .model()
+                .forward(&r[&format!("images.{f}.pixel_values")], None, false, &mut StageTimes::default())
+                .unwrap();
             assert_close(&format!("{name} {f} logits"), &out.logits, &r[&format!("images.{f}.logits")], TOL);
             assert_close(&format!("{name} {f} boxes"), &out.boxes, &r[&format!("images.{f}.pred_boxes")], TOL);
         }
@@ -239,16 +257,19 @@ fn compare_detections(ctx: &str, got: &[rtdetr::Detection], want: &RefImage, sco
 #[test]
 fn detections_match_post_processed_reference() {
     for name in FIXTURES {
-        let det = Detector::from_dir(&fixture_dir(name)).unwrap();
+        let det = Detector::from_dir(&fixture_dir(name), &LoadOptions::default()).unwrap();
         let r = reference(name);
         let want = load_reference_detections(name);
         for f in IMAGES {
             let w = &want[f]["0.3"];
-            let out = det.model().forward(&r[&format!("images.{f}.pixel_values")], None, false).unwrap();
+            let out = det
+                .model()
+                .forward(&r[&format!("images.{f}.pixel_values")], None, false, &mut StageTimes::default())
+                .unwrap();
             for thr in ["0.0", "0.3"] {
                 let opts =
                     DetectOptions { threshold: thr.parse().unwrap(), max_detections: 10_000, ..Default::default() };
-                let got = det.post_process(&out, &[(w.width, w.height)], &opts).unwrap();
+                let got = det.post_process(&out, &[(w.width, w.height)], &[&opts]).unwrap();
                 compare_detections(&format!("{name} {f} thr {thr}"), &got[0], &want[f][thr], TOL, 0.1);
             }
         }
@@ -260,7 +281,7 @@ fn detections_match_post_processed_reference() {
 #[test]
 fn detections_from_files_match_reference() {
     for name in FIXTURES {
-        let det = Detector::from_dir(&fixture_dir(name)).unwrap();
+        let det = Detector::from_dir(&fixture_dir(name), &LoadOptions::default()).unwrap();
         let want = load_reference_detections(name);
         let images: Vec<_> = IMAGES.iter().map(|f| load_image(&fixture_dir("images").join(f)).unwrap()).collect();
         for thr in ["0.0", "0.3"] {
@@ -281,7 +302,7 @@ fn detections_from_files_match_reference() {
 
 #[test]
 fn batch_equals_one_by_one() {
-    let det = Detector::from_dir(&fixture_dir("tiny-bottleneck")).unwrap();
+    let det = Detector::from_dir(&fixture_dir("tiny-bottleneck"), &LoadOptions::default()).unwrap();
     let images: Vec<_> = IMAGES.iter().map(|f| load_image(&fixture_dir("images").join(f)).unwrap()).collect();
     let opts = DetectOptions { threshold: 0.0, max_detections: 50, ..Default::default() };
     let batch = det.detect_batch(&images, &opts).unwrap();
@@ -294,4 +315,33 @@ fn batch_equals_one_by_one() {
             assert!((s.bbox.xmin - t.bbox.xmin).abs() <= 1e-3 && (s.bbox.ymax - t.bbox.ymax).abs() <= 1e-3);
         }
     }
+}
+
+/// What the server's queue runs: images prepared on other threads, a forward pass per
+/// input size, options per image. Equals `detect` image by image.
+#[test]
+fn prepared_images_with_their_own_options_equal_detect() {
+    let det = Detector::from_dir(&fixture_dir("tiny-bottleneck"), &LoadOptions::default()).unwrap();
+    let images: Vec<_> = IMAGES.iter().map(|f| load_image(&fixture_dir("images").join(f)).unwrap()).collect();
+    let prepared: Vec<_> = images.iter().map(|i| det.prepare(i).unwrap()).collect();
+    let opts: Vec<DetectOptions> = (0..images.len())
+        .map(|i| DetectOptions { threshold: 0.1 * i as f32, max_detections: 5 + i, classes: None })
+        .collect();
+    let batch: Vec<_> = prepared.iter().zip(&opts).collect();
+    let got = det.detect_prepared(&batch).unwrap();
+    assert_eq!(got.len(), images.len());
+    for ((img, o), g) in images.iter().zip(&opts).zip(&got) {
+        let want = det.detect(img, o).unwrap();
+        assert_eq!(g.len(), want.len());
+        for (a, b) in g.iter().zip(&want) {
+            assert_eq!(a.class_id, b.class_id);
+            assert!((a.score - b.score).abs() <= 1e-5 && (a.bbox.xmin - b.bbox.xmin).abs() <= 1e-3);
+        }
+    }
+    // Mixed input sizes cannot share a forward pass.
+    let mut other = prepared[0].clone();
+    other.input_size = (32, 32);
+    other.pixels.truncate(3 * 32 * 32);
+    assert!(det.detect_prepared(&[(&prepared[0], &opts[0]), (&other, &opts[0])]).is_err());
+    assert!(det.detect_prepared(&[]).unwrap().is_empty());
 }

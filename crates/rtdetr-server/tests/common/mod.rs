@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use base64::Engine;
-use rtdetr::{DetectOptions, Detection, Detector};
+use rtdetr::{DetectOptions, Detection, Detector, LoadOptions};
 use rtdetr_server::{RunningServer, ServerConfig};
 use serde_json::Value;
 
@@ -62,7 +62,7 @@ pub fn client() -> reqwest::Client {
 
 pub fn loader() -> rtdetr_server::ModelLoader {
     let dir = fixture("tiny-bottleneck");
-    Box::new(move || Ok(Detector::from_dir(&dir)?))
+    Box::new(move || Ok(Detector::from_dir(&dir, &LoadOptions::default())?))
 }
 
 /// Starts a server and waits until it is ready.
@@ -120,7 +120,7 @@ pub fn detections(v: &Value) -> Vec<Detection> {
 
 /// The engine's one-by-one result for an image file.
 pub fn reference(name: &str, opts: &DetectOptions) -> (u32, u32, Vec<Detection>) {
-    let det = Detector::from_dir(&fixture("tiny-bottleneck")).expect("model");
+    let det = Detector::from_dir(&fixture("tiny-bottleneck"), &LoadOptions::default()).expect("model");
     let img = rtdetr::load_image(&image_path(name)).expect("image");
     let d = det.detect(&img, opts).expect("detect");
     (img.width(), img.height(), d)

@@ -9,9 +9,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::config::Activation;
-use crate::cpu::{self, bias_row_act, simd_dispatch};
-use crate::sgemm;
+use crate::io::config::Activation;
+use crate::kernels::dispatch::{self, bias_row_act, simd_dispatch};
+use crate::kernels::sgemm;
 
 thread_local! {
     /// Rows of a linear layer's input packed for the f32 kernel, reused across calls.
@@ -34,7 +34,11 @@ fn row_block(rows: usize, macs_per_row: usize) -> usize {
 /// as n rows of k (row stride ldb): every operand is row-major, as stored by the model.
 ///
 /// # Safety
-/// The pointers cover the described ranges; `dst` does not overlap the inputs.
+/// The pointers cover the described ranges (`a`: m rows of k, `b`: n rows of k, `dst`: m
+/// rows of n, each row inside its buffer) and rows do not overlap (`lda >= k`, `ldb >= k`,
+/// `ldd >= n`); `dst` does not overlap the inputs and only this thread accesses it. Debug
+/// builds assert the strides and that dst's block is apart from the inputs' (callers
+/// holding slices check the lengths).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_abt(
     m: usize,
@@ -48,6 +52,9 @@ pub unsafe fn gemm_abt(
     ldb: usize,
     scale: f32,
 ) {
+    debug_check_product((dst.cast_const(), m, n, ldd), (a, m, k, lda), (b, n, k, ldb));
+    // SAFETY: the operands as documented (the caller's promise): the `gemm` crate reads A
+    // with row stride lda, Bᵀ as B's rows (column stride ldb), and writes m × n of dst.
     unsafe {
         gemm::gemm(
             m,
@@ -76,7 +83,7 @@ pub unsafe fn gemm_abt(
 /// `dst (m×n, row stride ldd) = A (m×k, row stride lda) · B (k×n, row stride ldb)`.
 ///
 /// # Safety
-/// As [`gemm_abt`].
+/// As [`gemm_abt`], with `b` k rows of n (`ldb >= n`).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_ab(
     m: usize,
@@ -89,6 +96,8 @@ pub unsafe fn gemm_ab(
     b: *const f32,
     ldb: usize,
 ) {
+    debug_check_product((dst.cast_const(), m, n, ldd), (a, m, k, lda), (b, k, n, ldb));
+    // SAFETY: the operands as documented (the caller's promise).
     unsafe {
         gemm::gemm(
             m,
@@ -114,15 +123,37 @@ pub unsafe fn gemm_ab(
     }
 }
 
+/// An operand of a product as the kernels get it: pointer, rows, columns, row stride.
+type Operand = (*const f32, usize, usize, usize);
+
+/// Debug builds: what [`gemm_abt`] and [`gemm_ab`] are promised that can be checked without
+/// the lengths behind the pointers (callers holding slices check those): no null pointer,
+/// no overlapping rows, dst apart from both inputs. Nothing in release builds.
+#[inline(always)]
+fn debug_check_product(dst: Operand, a: Operand, b: Operand) {
+    if cfg!(debug_assertions) {
+        let span = |(_, rows, cols, stride): Operand| dispatch::extent(rows, cols, stride);
+        for (what, (p, rows, cols, stride)) in [("dst", dst), ("a", a), ("b", b)] {
+            assert!(!p.is_null(), "gemm {what}: null pointer");
+            assert!(rows <= 1 || stride >= cols, "gemm {what}: rows overlap (stride {stride} < {cols} columns)");
+        }
+        assert!(dispatch::disjoint(dst.0, span(dst), a.0, span(a)), "gemm: dst overlaps a");
+        assert!(dispatch::disjoint(dst.0, span(dst), b.0, span(b)), "gemm: dst overlaps b");
+    }
+}
+
 /// `act(x · Wᵀ + bias + residual)`: `x` is (rows, k), `wt` is Wᵀ as (k, n) row-major (the
 /// layout the `gemm` crate multiplies without repacking), `bias` (n), `residual` (rows, n).
-/// With `wt_bf16` (Wᵀ packed for the bf16 kernel) the product runs in bf16.
+/// With `wt_bf16` (Wᵀ packed for the bf16 kernel) the product runs in bf16, else on the
+/// packed f32 kernel where `packed_f32` (which needs [`sgemm::available`]), else on the
+/// `gemm` crate.
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     x: &[f32],
     rows: usize,
     wt: &[f32],
-    wt_bf16: Option<&crate::bf16::PackedB>,
+    wt_bf16: Option<&crate::kernels::bf16::PackedB>,
+    packed_f32: bool,
     bias: &[f32],
     n: usize,
     residual: Option<&[f32]>,
@@ -142,31 +173,39 @@ pub fn linear(
     let run = |dst: &mut [f32], r0: usize| {
         let nr = dst.len() / n.max(1);
         let xs = &x[r0 * k..(r0 + nr) * k];
+        if let Some(r) = residual {
+            dispatch::debug_check_block("linear residual", r.len(), r0 * n, nr, n, n);
+        }
         let epi = sgemm::Epilogue {
             bias: Some(sgemm::Bias::Cols(bias)),
-            residual: residual.map(|r| (r[r0 * n..].as_ptr(), cpu::AddAt::BeforeAct)),
+            residual: residual.map(|r| (r[r0 * n..].as_ptr(), dispatch::AddAt::BeforeAct)),
             act,
         };
         match wt_bf16 {
-            // SAFETY: a packed matrix exists only where the bf16 kernel is available;
-            // dst (and the residual from row r0) holds nr rows of n.
             Some(p) => {
-                unsafe { crate::bf16::gemm_packed_b(xs, nr, p, dst.as_mut_ptr(), n, epi) };
+                // SAFETY: a packed matrix exists only where the bf16 kernel is available
+                // (`PackedB::new` asserts it); dst (and the residual from row r0, a
+                // separate buffer) holds nr rows of n.
+                unsafe { crate::kernels::bf16::gemm_packed_b(xs, nr, p, dst.as_mut_ptr(), n, epi) };
                 return;
             }
-            None if sgemm::available() => {
+            None if packed_f32 => {
                 // The rows of x are the left operand here (packed per call, a pass over
                 // x against k passes of multiply-adds), Wᵀ is read in place.
                 LHS.with_borrow_mut(|lhs| {
                     lhs.repack(xs, nr, k);
-                    // SAFETY: available() checked; wt holds k rows of n, dst (and the
-                    // residual from row r0) nr rows of n.
+                    // SAFETY: packed_f32 only where available() (the caller's duty, checked
+                    // again in debug builds); wt holds k rows of n, dst (and the residual
+                    // from row r0, a separate buffer) nr rows of n.
                     unsafe { sgemm::gemm(lhs, 0, nr, wt.as_ptr(), n, n, dst.as_mut_ptr(), n, epi) };
                 });
                 return;
             }
-            // SAFETY: x rows r0..r0+nr and wt are in bounds; dst holds nr rows of n.
-            None => unsafe { gemm_ab(nr, n, k, dst.as_mut_ptr(), n, xs.as_ptr(), k, wt.as_ptr(), n) },
+            None => {
+                // SAFETY: xs holds nr rows of k, wt k rows of n, dst nr rows of n: all
+                // slices of exactly these lengths, dst apart from the inputs.
+                unsafe { gemm_ab(nr, n, k, dst.as_mut_ptr(), n, xs.as_ptr(), k, wt.as_ptr(), n) }
+            }
         }
         for (i, row) in dst.chunks_exact_mut(n).enumerate() {
             let res = residual.map(|r| &r[(r0 + i) * n..(r0 + i + 1) * n]);
@@ -192,9 +231,9 @@ fn layer_norm_row_impl(dst: &mut [f32], x: &[f32], residual: Option<&[f32]>, w: 
         None => dst.copy_from_slice(x),
     }
     let n = dst.len() as f32;
-    let mean = cpu::sum_map(dst, |v| v) / n;
+    let mean = dispatch::sum_map(dst, |v| v) / n;
     dst.iter_mut().for_each(|v| *v -= mean);
-    let var = cpu::sum_map(dst, |v| v * v) / n;
+    let var = dispatch::sum_map(dst, |v| v * v) / n;
     let std = (var + eps).sqrt();
     dst.iter_mut().zip(w).zip(b).for_each(|((v, w), b)| *v = *v / std * *w + *b);
 }
@@ -228,9 +267,9 @@ pub fn layer_norm(x: &[f32], residual: Option<&[f32]>, w: &[f32], b: &[f32], eps
 #[inline(always)]
 fn softmax_rows_impl(x: &mut [f32], cols: usize) {
     for row in x.chunks_exact_mut(cols) {
-        let max = cpu::max(row);
-        row.iter_mut().for_each(|v| *v = cpu::exp(*v - max));
-        let sum = cpu::sum_map(row, |v| v);
+        let max = dispatch::max(row);
+        row.iter_mut().for_each(|v| *v = dispatch::exp(*v - max));
+        let sum = dispatch::sum_map(row, |v| v);
         row.iter_mut().for_each(|v| *v /= sum);
     }
 }
@@ -256,7 +295,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, heads: usize, di
     let hd = dim / heads;
     let scale = (hd as f64).powf(-0.5) as f32;
     let mut out = vec![0f32; batch * lq * dim];
-    let dst = cpu::SendPtr(out.as_mut_ptr());
+    let dst = dispatch::SendPtr::new(&mut out);
     let task = |t: usize| {
         let (b, h) = (t / heads, t % heads);
         SCORES.with_borrow_mut(|s| {
@@ -264,35 +303,24 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, heads: usize, di
                 s.resize(lq * lk, 0.0);
             }
             let s = &mut s[..lq * lk];
-            let off = h * hd;
-            // SAFETY: head h of image b reads its column slice of q/k/v and writes its own
-            // column slice of out; tasks never share output elements.
+            // Head h of image b: hd columns from `off` of its lq (or lk) rows of dim.
+            let (q_off, kv_off) = (b * lq * dim + h * hd, b * lk * dim + h * hd);
+            dispatch::debug_check_block("attention q", q.len(), q_off, lq, hd, dim);
+            dispatch::debug_check_block("attention k", k.len(), kv_off, lk, hd, dim);
+            dispatch::debug_check_block("attention v", v.len(), kv_off, lk, hd, dim);
+            // SAFETY: the scores are this thread's lq × lk buffer; the head's columns of q
+            // and k lie inside them (checked in debug builds above).
             unsafe {
-                gemm_abt(
-                    lq,
-                    lk,
-                    hd,
-                    s.as_mut_ptr(),
-                    lk,
-                    q.as_ptr().add(b * lq * dim + off),
-                    dim,
-                    k.as_ptr().add(b * lk * dim + off),
-                    dim,
-                    scale,
-                );
-                softmax_rows(s, lk);
-                gemm_ab(
-                    lq,
-                    hd,
-                    lk,
-                    dst.get().add(b * lq * dim + off),
-                    dim,
-                    s.as_ptr(),
-                    lk,
-                    v.as_ptr().add(b * lk * dim + off),
-                    dim,
-                );
-            }
+                gemm_abt(lq, lk, hd, s.as_mut_ptr(), lk, q.as_ptr().add(q_off), dim, k.as_ptr().add(kv_off), dim, scale)
+            };
+            softmax_rows(s, lk);
+            // SAFETY: the head's columns of v (checked above) and of out: inside out
+            // (checked in debug builds by `at`), written by this task alone (tasks split
+            // images and heads, heads split the columns).
+            unsafe {
+                let out = dst.at(q_off, dispatch::extent(lq, hd, dim));
+                gemm_ab(lq, hd, lk, out, dim, s.as_ptr(), lk, v.as_ptr().add(kv_off), dim)
+            };
         });
     };
     if batch * lq * lk * hd * heads <= SERIAL_MACS {
@@ -328,7 +356,6 @@ mod tests {
                 [(None, Activation::Identity), (Some(r.as_slice()), Activation::Relu), (None, Activation::Gelu)]
             {
                 let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
-                let got = linear(&x, rows, &wt, None, &b, n, res, act);
                 let mut want = vec![0f32; rows * n];
                 for i in 0..rows {
                     for j in 0..n {
@@ -337,10 +364,15 @@ mod tests {
                             s += x[i * k + c] as f64 * w[j * k + c] as f64;
                         }
                         let v = s as f32 + b[j] + res.map_or(0.0, |r| r[i * n + j]);
-                        want[i * n + j] = cpu::act(v, act);
+                        want[i * n + j] = dispatch::act(v, act);
                     }
                 }
-                close(&got, &want, 1e-5 * (k as f32).sqrt().max(1.0), &format!("linear {rows}x{k}x{n}"));
+                // The `gemm` crate everywhere, the packed kernel where the CPU runs it.
+                for packed_f32 in [false, true].into_iter().filter(|&p| !p || sgemm::available()) {
+                    let got = linear(&x, rows, &wt, None, packed_f32, &b, n, res, act);
+                    let what = format!("linear {rows}x{k}x{n} packed_f32={packed_f32}");
+                    close(&got, &want, 1e-5 * (k as f32).sqrt().max(1.0), &what);
+                }
             }
         }
     }

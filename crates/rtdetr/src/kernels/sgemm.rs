@@ -12,8 +12,8 @@
 //! packed once and B needs no packing because every call here reads at most a few hundred
 //! rows of 256 bytes per column chunk, which stay in L2 across the row panels.
 
-use crate::config::Activation;
-use crate::cpu::{self, AddAt};
+use crate::io::config::Activation;
+use crate::kernels::dispatch::{self, AddAt};
 
 /// Rows of C per micro-kernel call (one weight panel).
 pub const MR: usize = 6;
@@ -64,11 +64,9 @@ impl PackedWeights {
     }
 }
 
-/// Whether this CPU runs the kernel (AVX-512 F) and `RTDETR_SGEMM=off` does not turn it
-/// off (for measurements); elsewhere callers use the `gemm` crate.
+/// Whether this CPU runs the kernel (AVX-512 F); elsewhere callers use the `gemm` crate.
 pub fn available() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| cpu::isa() == cpu::Isa::V4 && std::env::var("RTDETR_SGEMM").as_deref() != Ok("off"))
+    dispatch::isa() == dispatch::Isa::V4
 }
 
 /// A bias added to C: one value per row (a convolution's output channel) or per column
@@ -86,7 +84,7 @@ pub enum Bias<'a> {
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
     pub bias: Option<Bias<'a>>,
-    /// Laid out like dst (same offsets and row stride).
+    /// Laid out like dst (same offsets and row stride), not overlapping it.
     pub residual: Option<(*const f32, AddAt)>,
     pub act: Activation,
 }
@@ -105,14 +103,40 @@ impl Epilogue<'_> {
     }
 }
 
+/// Debug-build checks of what the `# Safety` sections of the products promise about
+/// operands they read through raw pointers, as far as it can be checked without the
+/// lengths behind the pointers (the callers holding slices check those): the CPU runs the
+/// kernel (`kernel_available`, called in debug builds only), the pointers are not null, and rows of `b` (`kdim` × `cols`) and of `dst`
+/// (`nrows` × `cols`) do not overlap.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn debug_check_operands(
+    kernel_available: fn() -> bool,
+    kdim: usize,
+    nrows: usize,
+    b: *const f32,
+    b_stride: usize,
+    cols: usize,
+    dst: *const f32,
+    dst_stride: usize,
+) {
+    debug_assert!(kernel_available(), "this CPU lacks the instructions of the product kernel");
+    debug_assert!(!b.is_null() && !dst.is_null(), "null operand");
+    debug_assert!(kdim <= 1 || b_stride >= cols, "rows of b overlap: stride {b_stride} < {cols} columns");
+    debug_assert!(nrows <= 1 || dst_stride >= cols, "rows of dst overlap: stride {dst_stride} < {cols} columns");
+}
+
 /// `dst[r·dst_stride + j] = epilogue(Σ_k W[r0 + r][k] · b[k·b_stride + j])` for r < nrows,
 /// j < cols (overwrites dst).
 ///
 /// # Safety
 /// Requires [`available`]. `r0` is a multiple of [`MR`] and `r0 + nrows <= w.rows()`; `b`
 /// points at `w.kdim()` rows of `cols` readable f32s, `b_stride` apart; `dst` (and the
-/// residual, if any) at `nrows` rows of `cols` f32s, `dst_stride` apart, writable by
-/// this thread only.
+/// residual, if any, which does not overlap dst) at `nrows` rows of `cols` f32s,
+/// `dst_stride` apart, writable by this thread only. (With `w.kdim()` 0 nothing is read,
+/// but `b` is still offset by each 64-column chunk's first column, which must stay in its
+/// allocation.) The weight rows are always asserted; the CPU, strides and pointers in debug
+/// builds (see `debug_check_operands`).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
     w: &PackedWeights,
@@ -127,7 +151,10 @@ pub unsafe fn gemm(
 ) {
     assert!(r0.is_multiple_of(MR) && r0 + nrows <= w.rows, "weight rows");
     epi.check(nrows, cols);
+    debug_check_operands(available, w.kdim, nrows, b, b_stride, cols, dst, dst_stride);
     #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX-512F and the operands are as documented (the caller's
+    // promise); the weight rows and the bias lengths were asserted above.
     unsafe {
         x86::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi)
     }
@@ -149,7 +176,11 @@ fn in_registers(act: Activation) -> bool {
 /// j0 of the call.
 ///
 /// # Safety
-/// As [`gemm`]'s dst and residual.
+/// As [`gemm`]'s dst and residual: `dst` points at `nrows` rows of `ncols` writable f32s,
+/// `dst_stride` apart (`dst_stride >= ncols` unless one row, asserted in debug builds),
+/// that no other thread accesses meanwhile; the epilogue's residual, if any, is laid out
+/// like the call's dst (so its block starts at `r·dst_stride + j0`) and does not overlap
+/// dst.
 pub(crate) unsafe fn finish_block(
     dst: *mut f32,
     dst_stride: usize,
@@ -159,18 +190,26 @@ pub(crate) unsafe fn finish_block(
     r: usize,
     j0: usize,
 ) {
+    debug_assert!(nrows <= 1 || dst_stride >= ncols, "rows of dst overlap: stride {dst_stride} < {ncols}");
     if in_registers(epi.act) {
         return;
     }
-    let epi = Epilogue { residual: epi.residual.map(|(p, at)| (unsafe { p.add(r * dst_stride + j0) }, at)), ..*epi };
+    // SAFETY: the block's row r, column j0 lies inside the call's residual, which covers
+    // the call like dst (the caller's promise).
+    let residual = epi.residual.map(|(p, at)| (unsafe { p.add(r * dst_stride + j0) }, at));
+    let epi = Epilogue { residual, ..*epi };
     for r in 0..nrows {
+        // SAFETY: row r < nrows of the block: `ncols` writable f32s that only this thread
+        // accesses, and the rows do not overlap (the caller's promise).
         let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_stride), ncols) };
         match epi.residual {
             Some((res, AddAt::AfterAct)) => {
+                // SAFETY: row r of the block's residual, laid out like dst and apart from
+                // it (the caller's promise); only read.
                 let res = unsafe { std::slice::from_raw_parts(res.add(r * dst_stride), ncols) };
-                cpu::bias_act(row, 0.0, Some(res), AddAt::AfterAct, epi.act)
+                dispatch::bias_act(row, 0.0, Some(res), AddAt::AfterAct, epi.act)
             }
-            _ => cpu::act_inplace(row, epi.act),
+            _ => dispatch::act_inplace(row, epi.act),
         }
     }
 }
@@ -180,9 +219,12 @@ pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{finish_block, in_registers, Bias, Epilogue, PackedWeights, KC, MR, NC};
-    use crate::config::Activation;
-    use crate::cpu::AddAt;
+    use crate::io::config::Activation;
+    use crate::kernels::dispatch::AddAt;
 
+    /// # Safety
+    /// The CPU has AVX-512F, and the operands are as [`super::gemm`] requires (which
+    /// asserts the weight rows and the epilogue's bias lengths before calling this).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(
@@ -198,32 +240,43 @@ pub(crate) mod x86 {
     ) {
         let kdim = w.kdim;
         let p0 = r0 / MR;
-        unsafe {
-            for j0 in (0..cols).step_by(NC) {
-                let ncols = NC.min(cols - j0);
-                let mut k0 = 0;
-                // kdim == 0 still needs one pass to write bias-only rows.
-                loop {
-                    let kc = KC.min(kdim - k0);
-                    let (first, last) = (k0 == 0, k0 + kc == kdim);
-                    let bk = b.add(k0 * b_stride + j0);
-                    let mut r = 0;
-                    while r < nrows {
-                        let m = MR.min(nrows - r);
-                        let a = w.panels.as_ptr().add(((p0 + r / MR) * kdim + k0) * MR);
-                        let out = dst.add(r * dst_stride + j0);
-                        let tail = last.then(|| Tail::at(&epi, r, j0, dst_stride));
-                        let args = Args { a, kc, b: bk, b_stride, out, dst_stride, ncols, first, tail };
-                        dispatch(m, ncols.div_ceil(16), args);
-                        if last {
-                            finish_block(out, dst_stride, m, ncols, &epi, r, j0);
-                        }
-                        r += m;
+        for j0 in (0..cols).step_by(NC) {
+            let ncols = NC.min(cols - j0);
+            let mut k0 = 0;
+            // kdim == 0 still needs one pass to write bias-only rows.
+            loop {
+                let kc = KC.min(kdim - k0);
+                let (first, last) = (k0 == 0, k0 + kc == kdim);
+                // SAFETY: row k0 < kdim (or 0), column j0 < cols: inside b's rows (the
+                // caller's promise, which covers kdim 0).
+                let bk = unsafe { b.add(k0 * b_stride + j0) };
+                let mut r = 0;
+                while r < nrows {
+                    let m = MR.min(nrows - r);
+                    // SAFETY: panel p0 + r / MR holds rows r0 + r.. < w.rows (asserted by
+                    // the caller; r0 is a multiple of MR), at k0 <= kdim: inside `panels`
+                    // (rows.div_ceil(MR)·MR·kdim values).
+                    let a = unsafe { w.panels.as_ptr().add(((p0 + r / MR) * kdim + k0) * MR) };
+                    // SAFETY: row r < nrows, column j0 < cols of dst (the caller's promise).
+                    let out = unsafe { dst.add(r * dst_stride + j0) };
+                    // SAFETY: the bias covers the call's rows or columns (asserted by
+                    // `Epilogue::check`) and the residual is laid out like dst.
+                    let tail = last.then(|| unsafe { Tail::at(&epi, r, j0, dst_stride) });
+                    let args = Args { a, kc, b: bk, b_stride, out, dst_stride, ncols, first, tail };
+                    // SAFETY: AVX-512F (this function's feature, the caller's promise); the
+                    // block is m <= MR rows by ncols <= 64 columns at (r, j0) of dst, with
+                    // its weight panel from k0 and kc rows of b from k0: all inside the
+                    // operands as shown above.
+                    unsafe { dispatch(m, ncols.div_ceil(16), args) };
+                    if last {
+                        // SAFETY: the same block of dst, and the call's epilogue.
+                        unsafe { finish_block(out, dst_stride, m, ncols, &epi, r, j0) };
                     }
-                    k0 += kc;
-                    if k0 >= kdim {
-                        break;
-                    }
+                    r += m;
+                }
+                k0 += kc;
+                if k0 >= kdim {
+                    break;
                 }
             }
         }
@@ -260,8 +313,13 @@ pub(crate) mod x86 {
 
     /// The kernel for m rows and nv vectors of columns (a tail chunk runs only the
     /// vectors it needs).
+    ///
+    /// # Safety
+    /// As [`kernel`], with `1 <= m <= MR` and `1 <= nv <= 4` its M and NV (asserted in
+    /// debug builds).
     #[inline(always)]
     unsafe fn dispatch(m: usize, nv: usize, args: Args) {
+        debug_assert!((1..=MR).contains(&m) && (1..=NC / 16).contains(&nv), "block {m} rows x {nv} vectors");
         macro_rules! rows {
             ($nv:literal) => {
                 match m {
@@ -274,6 +332,7 @@ pub(crate) mod x86 {
                 }
             };
         }
+        // SAFETY: the caller's promise for `kernel`, with M = m and NV = nv.
         unsafe {
             match nv {
                 4 => rows!(4),
@@ -285,26 +344,44 @@ pub(crate) mod x86 {
     }
 
     /// C (M × ncols ≤ 16·NV) (+)= panel · B block.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F (this is inlined into [`gemm`]). `M <= MR` and
+    /// `x.ncols <= 16·NV` (asserted in debug builds), and NV = ⌈ncols / 16⌉ (no vector
+    /// wholly past the block's columns); `x.a` points at `x.kc`·MR readable weights; `x.b`
+    /// at `x.kc` rows of `x.ncols` readable f32s, `x.b_stride` apart; `x.out` at M rows of
+    /// `x.ncols` f32s, `x.dst_stride` apart, that only this thread accesses; the tail's
+    /// pointers as [`store`] requires.
     #[inline(always)]
     unsafe fn kernel<const M: usize, const NV: usize>(x: Args) {
-        unsafe {
-            let masks = lane_masks::<NV>(x.ncols);
-            let mut acc = [[_mm512_setzero_ps(); NV]; M];
-            // Masked loads (all-ones but for a tail chunk) keep one loop body: LLVM then
-            // holds the accumulators in registers.
-            for k in 0..x.kc {
+        debug_assert!(M <= MR && x.ncols <= 16 * NV, "{M} rows x {} columns in {NV} vectors", x.ncols);
+        let masks = lane_masks::<NV>(x.ncols);
+        // SAFETY: AVX-512F (the caller's promise), as for every intrinsic below.
+        let mut acc = unsafe { [[_mm512_setzero_ps(); NV]; M] };
+        // Masked loads (all-ones but for a tail chunk) keep one loop body: LLVM then
+        // holds the accumulators in registers.
+        for k in 0..x.kc {
+            // SAFETY: row k < kc of the block of b, vector v < NV starting at column
+            // 16·v < ncols: inside b (the caller's promise); the masks keep the loads to
+            // the block's ncols columns.
+            let bv: [__m512; NV] = unsafe {
                 let bp = x.b.add(k * x.b_stride);
-                let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], bp.add(v * 16)));
-                let ak = x.a.add(k * MR);
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*ak.add(i));
-                    for (r, b) in row.iter_mut().zip(bv.iter()) {
-                        *r = _mm512_fmadd_ps(av, *b, *r);
-                    }
+                std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], bp.add(v * 16)))
+            };
+            // SAFETY: the panel's MR weights of k < kc (the caller's promise).
+            let ak = unsafe { x.a.add(k * MR) };
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: weight i < M <= MR of the panel at k; AVX-512F.
+                let av = unsafe { _mm512_set1_ps(*ak.add(i)) };
+                for (r, b) in row.iter_mut().zip(bv.iter()) {
+                    // SAFETY: AVX-512F (the caller's promise).
+                    *r = unsafe { _mm512_fmadd_ps(av, *b, *r) };
                 }
             }
-            store::<M, NV>(acc, x.out, x.dst_stride, masks, x.first, x.tail);
         }
+        // SAFETY: x.out covers the M × ncols block and the tail its epilogue (the caller's
+        // promise), the masks are those of the block's columns.
+        unsafe { store::<M, NV>(acc, x.out, x.dst_stride, masks, x.first, x.tail) };
     }
 
     /// The lanes of the first `n` of 16 values.
@@ -327,18 +404,21 @@ pub(crate) mod x86 {
         /// For the block at row r, column j0 of a call with this epilogue.
         ///
         /// # Safety
-        /// The epilogue's slices and residual cover the block.
+        /// The epilogue's bias covers row r (row bias) or column j0 (column bias), and its
+        /// residual, laid out like the call's dst with row stride `dst_stride`, covers row
+        /// r, column j0.
         #[inline(always)]
         pub(crate) unsafe fn at(epi: &Epilogue, r: usize, j0: usize, dst_stride: usize) -> Self {
-            unsafe {
-                Tail {
-                    bias: epi.bias.map(|b| match b {
-                        Bias::Rows(v) => (v.as_ptr().add(r), false),
-                        Bias::Cols(v) => (v.as_ptr().add(j0), true),
-                    }),
-                    residual: epi.residual.map(|(p, at)| (p.add(r * dst_stride + j0), at)),
-                    act: epi.act,
-                }
+            Tail {
+                bias: epi.bias.map(|b| match b {
+                    // SAFETY: r is inside the row bias (the caller's promise).
+                    Bias::Rows(v) => (unsafe { v.as_ptr().add(r) }, false),
+                    // SAFETY: j0 is inside the column bias (the caller's promise).
+                    Bias::Cols(v) => (unsafe { v.as_ptr().add(j0) }, true),
+                }),
+                // SAFETY: (r, j0) is inside the residual (the caller's promise).
+                residual: epi.residual.map(|(p, at)| (unsafe { p.add(r * dst_stride + j0) }, at)),
+                act: epi.act,
             }
         }
     }
@@ -348,7 +428,13 @@ pub(crate) mod x86 {
     /// the epilogue. The accumulators come by value so that they stay in registers.
     ///
     /// # Safety
-    /// `out` (and the tail's pointers) cover the block.
+    /// The CPU has AVX-512F (this is inlined into a function compiled for it). `out` (and
+    /// the tail's residual, laid out like it) points at M rows, `stride` apart, whose
+    /// lanes set in `masks` are writable (readable for the residual) and accessed by no
+    /// other thread; the tail's bias holds one value per row (row bias) or the masks'
+    /// lanes (column bias). Vectors whose mask is 0 (past a tail chunk's columns in the
+    /// bf16 kernel, which always stores 4) are not accessed: their addresses are computed
+    /// with `wrapping_add`, as they may lie past the end of the buffers.
     #[inline(always)]
     pub(crate) unsafe fn store<const M: usize, const NV: usize>(
         acc: [[__m512; NV]; M],
@@ -358,25 +444,31 @@ pub(crate) mod x86 {
         first: bool,
         tail: Option<Tail>,
     ) {
+        // SAFETY: AVX-512F and the bounds above are the caller's promise; every load and
+        // store below is masked to the lanes it covers, at row i < M and vector v < NV of
+        // the block (a vector with mask 0 is neither loaded nor stored).
         unsafe {
             #[allow(clippy::needless_range_loop)]
             for i in 0..M {
                 let o = out.add(i * stride);
                 let bias = tail.and_then(|t| t.bias);
                 for v in 0..NV {
-                    let ov = o.add(v * 16);
+                    let ov = o.wrapping_add(v * 16);
                     let mut val = acc[i][v];
                     if !first {
                         val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(masks[v], ov));
                     }
                     match bias {
                         Some((p, false)) => val = _mm512_add_ps(val, _mm512_set1_ps(*p.add(i))),
-                        Some((p, true)) => val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(masks[v], p.add(v * 16))),
+                        Some((p, true)) => {
+                            val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(masks[v], p.wrapping_add(v * 16)))
+                        }
                         None => {}
                     }
                     if let Some(t) = tail {
-                        let res =
-                            t.residual.map(|(p, at)| (_mm512_maskz_loadu_ps(masks[v], p.add(i * stride + v * 16)), at));
+                        let res = t.residual.map(|(p, at)| {
+                            (_mm512_maskz_loadu_ps(masks[v], p.add(i * stride).wrapping_add(v * 16)), at)
+                        });
                         if let Some((r, AddAt::BeforeAct)) = res {
                             val = _mm512_add_ps(val, r);
                         }
@@ -408,12 +500,14 @@ mod tests {
 
     /// The kernel equals an f64 product (with bias, residual, activation) to f32 summation
     /// error, on shapes covering every row remainder, column tails, k blocks and strides.
+    /// The weight packing (portable) is checked on every CPU.
     #[test]
     fn matches_reference() {
-        if !available() {
-            eprintln!("no AVX-512 on this CPU: packed f32 kernel not exercised (the gemm crate runs instead)");
-            return;
-        }
+        let skip_kernel = dispatch::skip_unless(
+            available(),
+            "kernels::sgemm::tests::matches_reference (kernel part; packing checked)",
+            "AVX-512F",
+        );
         let mut rng = Rng(5);
         let acts = [Activation::Identity, Activation::Relu, Activation::Silu, Activation::Gelu];
         for (case, &(rows, kdim, cols, r0, nrows, b_extra)) in [
@@ -438,6 +532,15 @@ mod tests {
             let dst_stride = cols + 3;
             let residual = rng.vec(nrows * dst_stride);
             let packed = PackedWeights::new(&wt, rows, kdim);
+            assert_eq!(packed.panels.len(), rows.div_ceil(MR) * MR * kdim, "case {case}: panels");
+            for (i, v) in packed.panels.iter().enumerate() {
+                let (p, k, r) = (i / (MR * kdim), i / MR % kdim, i % MR);
+                let want = if p * MR + r < rows { wt[(p * MR + r) * kdim + k] } else { 0.0 };
+                assert_eq!(*v, want, "case {case}: panel {p} k {k} row {r}");
+            }
+            if skip_kernel {
+                continue;
+            }
             for (ai, &act) in acts.iter().enumerate() {
                 for mode in 0..5 {
                     let epi = Epilogue {
@@ -468,9 +571,9 @@ mod tests {
                                 };
                             let res = residual[r * dst_stride + j];
                             let want = match mode {
-                                2 => cpu::act(v + res, act),
-                                3 => cpu::act(v, act) + res,
-                                _ => cpu::act(v, act),
+                                2 => dispatch::act(v + res, act),
+                                3 => dispatch::act(v, act) + res,
+                                _ => dispatch::act(v, act),
                             };
                             let got = dst[r * dst_stride + j];
                             let tol = 2e-6 * (kdim as f32).sqrt().max(1.0) * want.abs().max(1.0);

@@ -32,13 +32,11 @@ pub struct DetectOptions {
     pub max_detections: usize,
     /// Keep only these class ids (all when `None`).
     pub classes: Option<Vec<usize>>,
-    /// Run only the first N decoder layers (all when `None`).
-    pub decoder_layers: Option<usize>,
 }
 
 impl Default for DetectOptions {
     fn default() -> Self {
-        Self { threshold: 0.5, max_detections: 100, classes: None, decoder_layers: None }
+        Self { threshold: 0.5, max_detections: 100, classes: None }
     }
 }
 
@@ -57,7 +55,7 @@ pub fn post_process(
 ) -> Vec<Detection> {
     let q = boxes.len() / 4;
     let scores: Vec<f32> = logits.iter().map(|&l| sigmoid(l)).collect();
-    let top = crate::model::top_k_indices(&scores, q);
+    let top = crate::model::query_selection::top_k_indices(&scores, q);
     let (w, h) = (image_size.0 as f32, image_size.1 as f32);
     let mut out = Vec::new();
     for i in top {

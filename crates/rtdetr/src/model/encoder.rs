@@ -4,42 +4,31 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::config::{Activation, RtDetrConfig};
 use crate::error::Result;
-use crate::nn::{add, concat_channels, multi_head_attention, ConvBn, LayerNorm, Linear};
-use crate::weights::Weights;
+use crate::io::config::{Activation, RtDetrConfig};
+use crate::io::weights::Weights;
+use crate::kernels::tensor_ops::{add, concat_channels};
+use crate::model::attention::{FeedForward, SelfAttention};
+use crate::model::layers::{ConvBn, LayerNorm};
 
 /// `RTDetrEncoderLayer` (post-norm unless `normalize_before`).
 struct EncoderLayer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    self_attn: SelfAttention,
     attn_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    mlp: FeedForward,
     final_norm: LayerNorm,
-    heads: usize,
-    act: Activation,
     normalize_before: bool,
 }
 
 impl EncoderLayer {
     fn load(w: &Weights, key: &str, cfg: &RtDetrConfig) -> Result<Self> {
         let d = cfg.encoder_hidden_dim;
-        let ffn = cfg.encoder_ffn_dim;
-        let a = format!("{key}.self_attn");
+        let act = Activation::parse(&cfg.encoder_activation_function)?;
         Ok(Self {
-            q: Linear::load(w, &format!("{a}.q_proj"), d, d)?,
-            k: Linear::load(w, &format!("{a}.k_proj"), d, d)?,
-            v: Linear::load(w, &format!("{a}.v_proj"), d, d)?,
-            o: Linear::load(w, &format!("{a}.o_proj"), d, d)?,
+            self_attn: SelfAttention::load(w, &format!("{key}.self_attn"), d, cfg.encoder_attention_heads)?,
             attn_norm: LayerNorm::load(w, &format!("{key}.self_attn_layer_norm"), d, cfg.layer_norm_eps)?,
-            fc1: Linear::load(w, &format!("{key}.mlp.fc1"), d, ffn)?,
-            fc2: Linear::load(w, &format!("{key}.mlp.fc2"), ffn, d)?,
+            mlp: FeedForward::load(w, &format!("{key}.mlp"), d, cfg.encoder_ffn_dim, act)?,
             final_norm: LayerNorm::load(w, &format!("{key}.final_layer_norm"), d, cfg.layer_norm_eps)?,
-            heads: cfg.encoder_attention_heads,
-            act: Activation::parse(&cfg.encoder_activation_function)?,
             normalize_before: cfg.normalize_before,
         })
     }
@@ -51,16 +40,14 @@ impl EncoderLayer {
             Some(p) => add(&h, p)?,
             None => h.clone(),
         };
-        let attn =
-            multi_head_attention(&self.q.forward(&qk_in)?, &self.k.forward(&qk_in)?, &self.v.forward(&h)?, self.heads)?;
-        let mut h = self.o.forward_with(&attn, Some(x), Activation::Identity)?;
+        let mut h = self.self_attn.forward(&qk_in, &h, x)?;
         if !self.normalize_before {
             h = self.attn_norm.forward(&h)?;
         }
         if self.normalize_before {
             h = self.final_norm.forward(&h)?;
         }
-        let m = self.fc2.forward_with(&self.fc1.forward_with(&h, None, self.act)?, Some(&h), Activation::Identity)?;
+        let m = self.mlp.forward(&h)?;
         if self.normalize_before {
             Ok(m)
         } else {

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
-use crate::config::PreprocessorConfig;
 use crate::error::{Error, Result};
-use crate::resize::{resize_rgb8, Filter};
+use crate::io::config::PreprocessorConfig;
+use crate::io::resize::{resize_rgb8, Filter};
 
 /// Default cap on decoded pixels (about 8K x 8K); guards against decompression bombs.
 pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
@@ -93,11 +93,23 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>> {
 
 /// Reads and decodes an image file.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_image(&bytes, DEFAULT_MAX_PIXELS).map_err(|e| match e {
         Error::Image(m) => Error::Image(format!("{}: {m}", path.display())),
         other => other,
     })
+}
+
+/// One image ready for the network: what the engine needs to run it and to scale its
+/// boxes back. Plain data, cheap to send between threads.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// CHW f32 pixels from the model's preprocessor.
+    pub pixels: Vec<f32>,
+    /// (height, width) of `pixels`.
+    pub input_size: (usize, usize),
+    /// (width, height) of the original image: boxes are scaled to it.
+    pub image_size: (u32, u32),
 }
 
 /// Converts RGB images to the model's input tensor layout.
@@ -146,6 +158,12 @@ impl Preprocessor {
     /// The (height, width) the model will see for an image of the given size.
     pub fn output_size(&self, img_h: usize, img_w: usize) -> (usize, usize) {
         self.size.unwrap_or((img_h, img_w))
+    }
+
+    /// Preprocesses one image for [`crate::Detector::detect_prepared`].
+    pub fn prepare(&self, img: &RgbImage) -> Result<PreparedImage> {
+        let input_size = self.output_size(img.height() as usize, img.width() as usize);
+        Ok(PreparedImage { pixels: self.pixels(img)?, input_size, image_size: img.dimensions() })
     }
 
     /// Resizes the 8-bit image (exactly as Pillow) and returns CHW f32 pixels.

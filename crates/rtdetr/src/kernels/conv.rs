@@ -17,12 +17,13 @@ use std::sync::OnceLock;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use crate::bf16::{self, PackedWeights, Precision};
-use crate::config::Activation;
-use crate::cpu::{self, simd_dispatch, AddAt};
 use crate::error::{Error, Result};
-use crate::sgemm;
-use crate::winograd::{Tile, Winograd3x3};
+use crate::io::config::Activation;
+use crate::kernels::bf16::{self, PackedWeights};
+use crate::kernels::dispatch::{self, simd_dispatch, AddAt};
+use crate::kernels::sgemm;
+use crate::kernels::winograd::Winograd3x3;
+use crate::kernels::{KernelConfig, Products};
 
 /// A convolution with bias (BatchNorm already folded in) and a fused activation.
 #[derive(Debug, Clone)]
@@ -38,11 +39,11 @@ pub struct Conv2d {
     /// Multiply-adds per output position of the layers this one computes (more than its
     /// own c_out·c_in·k² after [`Conv2d::add_centered`]): the model's nominal cost.
     nominal_macs: usize,
-    /// The Winograd form of a stride-1 3×3 layer, built on first use: for f32 and for
-    /// bf16 products.
+    /// The kernels this layer runs on.
+    kernels: KernelConfig,
+    /// The Winograd form of a stride-1 3×3 layer, built on first use.
     winograd: OnceLock<Option<Winograd3x3>>,
-    winograd_bf16: OnceLock<Option<Winograd3x3>>,
-    /// The weights as bf16 pairs, built on first use in bf16 mode.
+    /// The weights as bf16 pairs, built on first use with bf16 products.
     bf16: OnceLock<PackedWeights>,
     /// The weights packed for the AVX-512 f32 kernel, built on first use.
     packed: OnceLock<sgemm::PackedWeights>,
@@ -87,19 +88,20 @@ impl Conv2d {
             stride,
             padding,
             nominal_macs,
+            kernels: KernelConfig::default(),
             winograd: OnceLock::new(),
-            winograd_bf16: OnceLock::new(),
             bf16: OnceLock::new(),
             packed: OnceLock::new(),
         }
     }
 
-    pub fn c_in(&self) -> usize {
-        self.c_in
-    }
-
-    pub fn c_out(&self) -> usize {
-        self.c_out
+    /// The same layer on other kernels.
+    pub fn with_kernels(mut self, kernels: KernelConfig) -> Self {
+        self.kernels = kernels;
+        self.winograd = OnceLock::new();
+        self.bf16 = OnceLock::new();
+        self.packed = OnceLock::new();
+        self
     }
 
     /// Adds a smaller centred kernel with the same stride (and its bias) into this one:
@@ -128,7 +130,6 @@ impl Conv2d {
         }
         self.nominal_macs += other.nominal_macs;
         self.winograd = OnceLock::new();
-        self.winograd_bf16 = OnceLock::new();
         self.bf16 = OnceLock::new();
         self.packed = OnceLock::new();
         Ok(())
@@ -150,7 +151,6 @@ impl Conv2d {
             c_out: parts.iter().map(|p| p.c_out).sum(),
             nominal_macs: parts.iter().map(|p| p.nominal_macs).sum(),
             winograd: OnceLock::new(),
-            winograd_bf16: OnceLock::new(),
             bf16: OnceLock::new(),
             packed: OnceLock::new(),
             ..(*first).clone()
@@ -186,15 +186,15 @@ impl Conv2d {
                 return Err(Error::InvalidArgument(format!("residual {:?} != conv output {out_shape:?}", r.dims())));
             }
         }
-        let started = crate::flops::start();
-        let out = cpu::with_f32(x, |xs| match residual {
-            Some((r, at)) => cpu::with_f32(r, |rs| self.run(xs, b, h, w, Some((rs, at)), act)),
+        let started = crate::kernels::flops::start();
+        let out = dispatch::with_f32(x, |xs| match residual {
+            Some((r, at)) => dispatch::with_f32(r, |rs| self.run(xs, b, h, w, Some((rs, at)), act)),
             None => Ok(self.run(xs, b, h, w, None, act)),
         })??;
         let flops = b as u64 * self.flops(h, w);
-        crate::flops::add(flops);
-        crate::flops::record(started, || self.describe(b, h, w), flops);
-        cpu::tensor(out, out_shape, x.device())
+        crate::kernels::flops::add(flops);
+        crate::kernels::flops::record(started, || self.describe(b, h, w), flops);
+        dispatch::tensor(out, out_shape, x.device())
     }
 
     /// The layer, its input and kernel path, for profiles: "conv3x3/1 256->256 80x80 winograd".
@@ -234,80 +234,97 @@ impl Conv2d {
         let direct = self.kernel == 1 && self.stride == 1 && self.padding == 0;
         // Tasks whose panel is built per task (im2col, or the bf16 packing) split the
         // columns first, so that no two tasks build the same panel.
-        let narrow = !direct || bf16::precision() == Precision::Bf16;
+        let narrow = !direct || self.kernels.products == Products::Bf16;
         let (tile, cblock) = plan(hw, kdim, self.c_out, b, narrow);
         let n_tiles = hw.div_ceil(tile);
         let n_cblocks = self.c_out.div_ceil(cblock);
         let tasks = b * n_tiles * n_cblocks;
         let len = b * self.c_out * hw;
-        // SAFETY: the tasks cover every (image, channel, position) exactly once: each
-        // writes its block of output rows × tile columns, through gemm then the epilogue.
-        unsafe {
-            cpu::filled_by(len, |dst| {
-                (0..tasks).into_par_iter().for_each(|t| {
-                    let img = t / (n_tiles * n_cblocks);
-                    let tile_idx = (t / n_cblocks) % n_tiles;
-                    let cb = t % n_cblocks;
-                    let p0 = tile_idx * tile;
-                    let cols = tile.min(hw - p0);
-                    let c0 = cb * cblock;
-                    let rows = cblock.min(self.c_out - c0);
-                    let xi = &x[img * self.c_in * h * w..(img + 1) * self.c_in * h * w];
-                    let out_base = img * self.c_out * hw;
-                    let off = out_base + c0 * hw + p0;
-                    let epi = sgemm::Epilogue {
-                        bias: Some(sgemm::Bias::Rows(&self.bias[c0..c0 + rows])),
-                        residual: residual.map(|(r, at)| (r.as_ptr().add(off), at)),
-                        act,
+        let fill = |dst: dispatch::SendPtr| {
+            (0..tasks).into_par_iter().for_each(|t| {
+                let img = t / (n_tiles * n_cblocks);
+                let tile_idx = (t / n_cblocks) % n_tiles;
+                let cb = t % n_cblocks;
+                let p0 = tile_idx * tile;
+                let cols = tile.min(hw - p0);
+                let c0 = cb * cblock;
+                let rows = cblock.min(self.c_out - c0);
+                let xi = &x[img * self.c_in * h * w..(img + 1) * self.c_in * h * w];
+                let out_base = img * self.c_out * hw;
+                let off = out_base + c0 * hw + p0;
+                // The task's block: rows × cols at `off`, row stride hw.
+                let span = dispatch::extent(rows, cols, hw);
+                // SAFETY: the block is inside the residual, which has the output's length
+                // (asserted above; `dst.at` below checks the same bounds in debug builds).
+                let residual = residual.map(|(r, at)| (unsafe { r.as_ptr().add(off) }, at));
+                let epi = sgemm::Epilogue { bias: Some(sgemm::Bias::Rows(&self.bias[c0..c0 + rows])), residual, act };
+                // SAFETY: the block is inside the output (asserted in debug builds).
+                let out = unsafe { dst.at(off, span) };
+                if direct {
+                    // SAFETY: a 1×1 stride-1 convolution reads its input in place: c_in
+                    // (= kdim) rows of the image, row stride hw, from column p0 (checked
+                    // against the image's length in debug builds); the block of the output
+                    // is this task's alone, and `residual` is a separate buffer.
+                    unsafe {
+                        let lhs = xi.as_ptr().add(p0);
+                        self.gemm_tile(lhs, xi.len().saturating_sub(p0), hw, out, len - off, hw, cols, c0, rows, epi)
                     };
-                    let out = dst.get().add(off);
-                    if direct {
-                        self.gemm_tile(xi.as_ptr().add(p0), hw, out, hw, cols, c0, rows, epi);
-                    } else {
-                        COLS.with_borrow_mut(|buf| {
-                            if buf.len() < kdim * cols {
-                                buf.resize(kdim * cols, 0.0);
-                            }
-                            self.im2col(xi, g, p0, cols, &mut buf[..kdim * cols]);
-                            self.gemm_tile(buf.as_ptr(), cols, out, hw, cols, c0, rows, epi);
-                        });
-                    }
-                });
-            })
-        }
+                } else {
+                    COLS.with_borrow_mut(|buf| {
+                        if buf.len() < kdim * cols {
+                            buf.resize(kdim * cols, 0.0);
+                        }
+                        self.im2col(xi, g, p0, cols, &mut buf[..kdim * cols]);
+                        // SAFETY: the im2col panel is kdim rows of cols (row stride cols);
+                        // the output block as above.
+                        unsafe {
+                            self.gemm_tile(buf.as_ptr(), buf.len(), cols, out, len - off, hw, cols, c0, rows, epi)
+                        };
+                    });
+                }
+            });
+        };
+        // SAFETY: the tasks cover every (image, channel, position) exactly once: `plan`'s
+        // tiles partition the hw positions and its channel blocks the c_out channels, and
+        // each task writes its block of output rows × tile columns, through gemm then the
+        // epilogue (debug builds check that every element was written).
+        unsafe { dispatch::filled_by(len, fill) }
     }
 
     /// The Winograd form of this layer where it applies (3×3, stride 1, enough channels to
     /// amortise the transforms).
     fn winograd(&self) -> Option<&Winograd3x3> {
-        let precision = bf16::precision();
         // With bf16 products a 32-channel input is faster direct (r50vd's stem at 320x320:
         // 12.2 vs 14.2 ms and 7.7 vs 8.3 ms); f32 products gain from 16 channels on.
-        let (cell, tile, min_c_in) = match precision {
-            Precision::F32 => (&self.winograd, winograd_tile(), 16),
-            Precision::Bf16 => (&self.winograd_bf16, winograd_tile_bf16(), 64),
-        };
-        cell.get_or_init(|| {
-            let tile = tile?;
-            (self.kernel == 3 && self.stride == 1 && self.c_in >= min_c_in && self.c_out >= 16)
-                .then(|| Winograd3x3::new(&self.weight, self.c_in, self.c_out, self.padding, tile, precision))
-        })
-        .as_ref()
+        let min_c_in = if self.kernels.products == Products::Bf16 { 64 } else { 16 };
+        self.winograd
+            .get_or_init(|| {
+                let tile = self.kernels.winograd?;
+                (self.kernel == 3 && self.stride == 1 && self.c_in >= min_c_in && self.c_out >= 16).then(|| {
+                    Winograd3x3::new(&self.weight, self.c_in, self.c_out, self.padding, tile, self.kernels.products)
+                })
+            })
+            .as_ref()
     }
 
     /// `out[r·out_stride + j] = epi(Σ_k W[c0 + r, k] · lhs[k·lhs_stride + j])` for
     /// r < rows, j < cols.
     ///
     /// # Safety
-    /// `lhs` points at kdim rows of `cols` readable elements `lhs_stride` apart; `out` (and
-    /// the epilogue's residual) at `rows` rows of `cols` elements `out_stride` apart, owned
-    /// by this task.
+    /// `lhs` points at kdim rows of `cols` readable elements `lhs_stride` apart, within the
+    /// `lhs_len` elements from `lhs` to the end of its buffer; `out` (and the epilogue's
+    /// residual, a separate buffer) at `rows` rows of `cols` elements `out_stride` apart,
+    /// within the `out_len` elements from `out` to the end of its buffer, owned by this
+    /// task; `c0 + rows <= c_out`, and c0 is a multiple of [`sgemm::MR`]. Debug builds
+    /// assert the extents and channels.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm_tile(
         &self,
         lhs: *const f32,
+        lhs_len: usize,
         lhs_stride: usize,
         out: *mut f32,
+        out_len: usize,
         out_stride: usize,
         cols: usize,
         c0: usize,
@@ -315,22 +332,34 @@ impl Conv2d {
         epi: sgemm::Epilogue,
     ) {
         let kdim = self.c_in * self.kernel * self.kernel;
-        if bf16::precision() == Precision::Bf16 {
-            let packed = self.bf16.get_or_init(|| PackedWeights::new(&self.weight, self.c_out, kdim));
-            // SAFETY: bf16 mode is only set where available(); same bounds as below.
-            BF16_PANEL.with_borrow_mut(|s| unsafe {
-                bf16::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, out_stride, s, epi)
-            });
-            return;
-        } else if sgemm::available() {
-            let packed = self.packed.get_or_init(|| sgemm::PackedWeights::new(&self.weight, self.c_out, kdim));
-            // SAFETY: c0 is a multiple of MR (plan); bounds as documented.
-            unsafe { sgemm::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, out_stride, epi) };
-            return;
+        dispatch::debug_check_block("conv tile lhs", lhs_len, 0, kdim, cols, lhs_stride);
+        dispatch::debug_check_block("conv tile output", out_len, 0, rows, cols, out_stride);
+        debug_assert!(c0 + rows <= self.c_out && c0.is_multiple_of(sgemm::MR), "conv tile: channels {c0}+{rows}");
+        match self.kernels.products {
+            Products::Bf16 => {
+                let packed = self.bf16.get_or_init(|| PackedWeights::new(&self.weight, self.c_out, kdim));
+                // SAFETY: a KernelConfig has bf16 products only where bf16::available()
+                // (checked again in debug builds); bounds as documented, rows c0.. of the
+                // weight exist (both asserted by bf16::gemm).
+                BF16_PANEL.with_borrow_mut(|s| unsafe {
+                    bf16::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, out_stride, s, epi)
+                });
+                return;
+            }
+            Products::PackedF32 => {
+                let packed = self.packed.get_or_init(|| sgemm::PackedWeights::new(&self.weight, self.c_out, kdim));
+                // SAFETY: a KernelConfig has packed products only where sgemm::available()
+                // (checked again in debug builds); c0 is a multiple of MR (plan); bounds
+                // as documented.
+                unsafe { sgemm::gemm(packed, c0, rows, lhs, lhs_stride, cols, out, out_stride, epi) };
+                return;
+            }
+            Products::Gemm => {}
         }
-        // SAFETY: bounds as documented; rows c0.. of the weight exist.
+        // SAFETY: bounds as documented; rows c0..c0 + rows <= c_out of the weight (kdim
+        // each) exist.
         unsafe {
-            crate::kernels::gemm_ab(
+            crate::kernels::ops::gemm_ab(
                 rows,
                 cols,
                 kdim,
@@ -344,14 +373,18 @@ impl Conv2d {
         };
         // The `gemm` crate leaves the epilogue to this pass over the tile.
         for r in 0..rows {
+            // SAFETY: row r < rows of the task's output block (rows do not overlap: the
+            // stride is hw or cols, at least cols); only this task accesses it.
             let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_stride), cols) };
+            // SAFETY: the same row of the residual, laid out like the output and apart
+            // from it; only read.
             let res = epi.residual.map(|(p, _)| unsafe { std::slice::from_raw_parts(p.add(r * out_stride), cols) });
             let at = epi.residual.map_or(AddAt::BeforeAct, |(_, at)| at);
             let bias = match epi.bias {
                 Some(sgemm::Bias::Rows(b)) => b[r],
                 _ => 0.0,
             };
-            cpu::bias_act(row, bias, res, at, epi.act);
+            dispatch::bias_act(row, bias, res, at, epi.act);
         }
     }
 
@@ -443,31 +476,6 @@ simd_dispatch! {
     fn im2col(x: &[f32], layer: Im2col, g: Geom, p0: usize, cols: usize, buf: &mut [f32]) => im2col_impl
 }
 
-/// The Winograd tile for stride-1 3×3 layers: F(4×4, 3×3) unless `RTDETR_WINOGRAD=off|2|4`
-/// says otherwise (for measurements and accuracy checks).
-fn winograd_tile() -> Option<Tile> {
-    static TILE: OnceLock<Option<Tile>> = OnceLock::new();
-    *TILE.get_or_init(|| match std::env::var("RTDETR_WINOGRAD").as_deref() {
-        Ok("off") | Ok("0") => None,
-        Ok("2") => Some(Tile::F2),
-        _ => Some(Tile::F4),
-    })
-}
-
-/// The Winograd tile of stride-1 3×3 layers in bf16 mode: F(4×4, 3×3) unless
-/// `RTDETR_WINOGRAD_BF16=off|2|4` says otherwise. Its transforms amplify the bf16 rounding
-/// of the transformed operands (demo checkpoint: scores within 0.042 of f32 instead of
-/// 0.012 when multiplying directly; held-out AP 0.8144 vs 0.8155 direct and 0.8150 f32)
-/// for 18% less time on r50vd; F(2×2) saves nothing over direct bf16 products.
-fn winograd_tile_bf16() -> Option<Tile> {
-    static TILE: OnceLock<Option<Tile>> = OnceLock::new();
-    *TILE.get_or_init(|| match std::env::var("RTDETR_WINOGRAD_BF16").as_deref() {
-        Ok("off") | Ok("0") => None,
-        Ok("2") => Some(Tile::F2),
-        _ => Some(Tile::F4),
-    })
-}
-
 /// Tile width (output positions) and output-channel block of each task, chosen so that a
 /// tile's im2col panel stays in the L2/L3 caches and there are enough tasks to balance
 /// two threads: by narrower tiles (down to 64 positions) where `narrow_first`, then by
@@ -518,8 +526,9 @@ mod tests {
             y = (y + r).unwrap();
         }
         let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-        let y = Tensor::from_vec(v.into_iter().map(|v| cpu::act(v, act)).collect::<Vec<_>>(), y.dims(), &Device::Cpu)
-            .unwrap();
+        let y =
+            Tensor::from_vec(v.into_iter().map(|v| dispatch::act(v, act)).collect::<Vec<_>>(), y.dims(), &Device::Cpu)
+                .unwrap();
         match residual {
             Some((r, AddAt::AfterAct)) => (y + r).unwrap(),
             _ => y,

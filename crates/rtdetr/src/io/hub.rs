@@ -19,10 +19,10 @@ pub fn resolve_model(model: &str, progress: bool) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if path.exists() {
-        return Err(Error::Io(format!("{model}: not a model directory")));
+        return Err(Error::NotFound(format!("{model}: not a model directory")));
     }
     if !looks_like_hub_id(model) {
-        return Err(Error::Io(format!(
+        return Err(Error::NotFound(format!(
             "{model}: no such model directory (expected a directory with config.json and model.safetensors, or a Hub id like {DEFAULT_MODEL})"
         )));
     }

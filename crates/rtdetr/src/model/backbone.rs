@@ -3,10 +3,11 @@
 
 use candle_core::Tensor;
 
-use crate::config::{Activation, ResNetConfig};
 use crate::error::Result;
-use crate::nn::{avg_pool_2x2_ceil, max_pool_3x3_s2_p1, ConvBn};
-use crate::weights::Weights;
+use crate::io::config::{Activation, ResNetConfig};
+use crate::io::weights::Weights;
+use crate::kernels::tensor_ops::{avg_pool_2x2_ceil, max_pool_3x3_s2_p1};
+use crate::model::layers::ConvBn;
 
 /// Frozen BatchNorm in the backbone uses a fixed epsilon (RTDetrFrozenBatchNorm2d).
 const BACKBONE_BN_EPS: f64 = 1e-5;

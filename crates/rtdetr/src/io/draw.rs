@@ -6,9 +6,9 @@ use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_mut, text_size};
 use imageproc::rect::Rect;
 
-use crate::postprocess::Detection;
+use crate::io::postprocess::Detection;
 
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono-Bold.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono-Bold.ttf");
 
 /// A well-separated colour for a class id (golden-ratio hue steps).
 pub fn class_color(class_id: usize) -> Rgb<u8> {
@@ -62,7 +62,7 @@ pub fn annotate(image: &RgbImage, detections: &[Detection]) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postprocess::BoundingBox;
+    use crate::io::postprocess::BoundingBox;
 
     #[test]
     fn draws_box_in_class_colour() {

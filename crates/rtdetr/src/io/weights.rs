@@ -10,12 +10,16 @@ use std::path::{Path, PathBuf};
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::kernels::KernelConfig;
 
 /// The tensors of one checkpoint (memory-mapped safetensors, one or more shards).
 pub struct Weights {
     st: MmapedSafetensors,
     files: Vec<PathBuf>,
     device: Device,
+    /// The kernels the layers built from these weights run on (like the dtype of
+    /// candle's `VarBuilder`).
+    kernels: KernelConfig,
 }
 
 impl Weights {
@@ -42,11 +46,24 @@ impl Weights {
                 return Err(Error::Weights(format!("{}: file not found", f.display())));
             }
         }
-        // SAFETY: the files are opened read-only; like every mmap-based loader we assume
-        // nobody truncates them while the model is alive.
+        // SAFETY: `MmapedSafetensors::multi` maps the files read-only; the tensors borrow
+        // that memory for as long as `st` lives. Mapping is sound only while no one
+        // truncates or rewrites the files meanwhile (the OS would then change or unmap
+        // memory Rust treats as immutable): like every mmap-based loader, we assume that
+        // checkpoints are not modified while a model is loaded from them.
         let st = unsafe { MmapedSafetensors::multi(&files) }
             .map_err(|e| Error::Weights(format!("{}: not a valid safetensors file: {e}", display_files(&files))))?;
-        Ok(Self { st, files, device: device.clone() })
+        Ok(Self { st, files, device: device.clone(), kernels: KernelConfig::default() })
+    }
+
+    /// The same weights, building layers on `kernels`.
+    pub fn with_kernels(mut self, kernels: KernelConfig) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    pub fn kernels(&self) -> KernelConfig {
+        self.kernels
     }
 
     pub fn device(&self) -> &Device {
@@ -91,8 +108,7 @@ fn display_files(files: &[PathBuf]) -> String {
 }
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
-    let text =
-        std::fs::read_to_string(index).map_err(|e| Error::Io(format!("cannot read {}: {e}", index.display())))?;
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Weights(format!("{}: invalid JSON: {e}", index.display())))?;
     let map = v

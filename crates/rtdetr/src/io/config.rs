@@ -219,17 +219,55 @@ pub struct RtDetrConfig {
     pub num_labels: Option<usize>,
 }
 
-impl RtDetrConfig {
+/// A checkpoint's `config.json`, one variant per architecture (its `model_type`).
+#[derive(Debug, Clone)]
+pub enum ModelConfig {
+    /// `"rt_detr"` (also assumed when config.json names no `model_type`).
+    RtDetr(RtDetrConfig),
+}
+
+/// The `model_type`s this engine runs.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["rt_detr"];
+
+impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: invalid config.json: {e}", path.display())))?;
-        cfg.validate().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json = |source| Error::Json { path: path.to_path_buf(), what: "config.json", source };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(json)?;
+        let model_type = match value.get("model_type") {
+            None | Some(serde_json::Value::Null) => "rt_detr".to_string(),
+            Some(serde_json::Value::String(t)) => t.clone(),
+            Some(other) => {
+                return Err(Error::Config(format!("{}: model_type must be a string, got {other}", path.display())))
+            }
+        };
+        let cfg = match model_type.as_str() {
+            "rt_detr" => ModelConfig::RtDetr(serde_json::from_value(value).map_err(json)?),
+            other => {
+                return Err(Error::Config(format!(
+                    "{}: unsupported model_type {other:?}: this engine runs {} checkpoints",
+                    path.display(),
+                    SUPPORTED_MODEL_TYPES.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        };
+        match &cfg {
+            ModelConfig::RtDetr(c) => c.validate(),
+        }
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok(cfg)
     }
 
+    /// Class names indexed by class id.
+    pub fn labels(&self) -> Vec<String> {
+        match self {
+            ModelConfig::RtDetr(c) => c.labels(),
+        }
+    }
+}
+
+impl RtDetrConfig {
     pub fn backbone(&self) -> ResNetConfig {
         self.backbone_config.clone().unwrap_or_default()
     }
@@ -257,13 +295,6 @@ impl RtDetrConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        if let Some(t) = &self.model_type {
-            if t != "rt_detr" {
-                return Err(format!(
-                    "unsupported model_type {t:?}: this engine runs RT-DETR (\"rt_detr\") checkpoints"
-                ));
-            }
-        }
         let bb = self.backbone();
         if let Some(t) = &bb.model_type {
             if t != "rt_detr_resnet" {
@@ -367,10 +398,12 @@ impl Default for PreprocessorConfig {
 
 impl PreprocessorConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: invalid preprocessor_config.json: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            what: "preprocessor_config.json",
+            source,
+        })
     }
 
     /// Target `(height, width)`; 640x640 when unset.

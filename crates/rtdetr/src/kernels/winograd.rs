@@ -14,10 +14,11 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::bf16::{self, Precision};
-use crate::config::Activation;
-use crate::cpu::{self, simd_dispatch, AddAt};
-use crate::sgemm;
+use crate::io::config::Activation;
+use crate::kernels::bf16;
+use crate::kernels::dispatch::{self, simd_dispatch, AddAt};
+use crate::kernels::sgemm;
+use crate::kernels::Products;
 
 /// A transform set: Bᵀ (α×α), G (α×3), Aᵀ (m×α), row-major. G is applied from this table
 /// (once, at load); Bᵀ and Aᵀ are the specification of the hand-unrolled input and output
@@ -153,9 +154,9 @@ thread_local! {
 
 impl Winograd3x3 {
     /// `weight`: (c_out, c_in, 3, 3) flattened.
-    /// The weights are transformed for the products of `precision` (bf16 needs
-    /// [`bf16::available`]).
-    pub fn new(weight: &[f32], c_in: usize, c_out: usize, padding: usize, tile: Tile, precision: Precision) -> Self {
+    /// The weights are transformed for `products` (bf16 needs [`bf16::available`], packed
+    /// f32 [`sgemm::available`]).
+    pub fn new(weight: &[f32], c_in: usize, c_out: usize, padding: usize, tile: Tile, products: Products) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "winograd weight shape");
         let t = tile.transform();
         let a = t.m + 2;
@@ -178,12 +179,14 @@ impl Winograd3x3 {
                 }
             }
         }
-        let u = if precision == Precision::Bf16 {
-            Weights::Bf16(u.chunks_exact(c_out * c_in).map(|m| bf16::PackedWeights::new(m, c_out, c_in)).collect())
-        } else if sgemm::available() {
-            Weights::Packed(u.chunks_exact(c_out * c_in).map(|m| sgemm::PackedWeights::new(m, c_out, c_in)).collect())
-        } else {
-            Weights::Plain(u)
+        let u = match products {
+            Products::Bf16 => {
+                Weights::Bf16(u.chunks_exact(c_out * c_in).map(|m| bf16::PackedWeights::new(m, c_out, c_in)).collect())
+            }
+            Products::PackedF32 => Weights::Packed(
+                u.chunks_exact(c_out * c_in).map(|m| sgemm::PackedWeights::new(m, c_out, c_in)).collect(),
+            ),
+            Products::Gemm => Weights::Plain(u),
         };
         Self { tile, u, c_in, c_out, padding }
     }
@@ -195,7 +198,7 @@ impl Winograd3x3 {
         Geometry { m, a: m + 2, oh, ow, th: oh.div_ceil(m), tw: ow.div_ceil(m) }
     }
 
-    /// Same contract as [`crate::conv::Conv2d::run`] for a 3×3 stride-1 convolution.
+    /// Same contract as [`crate::kernels::conv::Conv2d::run`] for a 3×3 stride-1 convolution.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -224,57 +227,84 @@ impl Winograd3x3 {
         }
         let n_cblocks = self.c_out.div_ceil(cblock);
         let tasks = b * n_row_tasks * n_cblocks;
-        // SAFETY: task (image, tile rows, channel block) writes output rows
-        // [r0·m, min(r1·m, oh)) of its channels only; together the tasks cover everything.
-        unsafe {
-            cpu::filled_by(b * self.c_out * hw, |dst| {
-                (0..tasks).into_par_iter().for_each(|task| {
-                    let img = task / (n_row_tasks * n_cblocks);
-                    let rt = (task / n_cblocks) % n_row_tasks;
-                    let c0 = (task % n_cblocks) * cblock;
-                    let cn = cblock.min(self.c_out - c0);
-                    let r0 = rt * rows_per_task;
-                    let r1 = (r0 + rows_per_task).min(th);
-                    let nt = (r1 - r0) * tw;
-                    let xi = &x[img * self.c_in * h * w..(img + 1) * self.c_in * h * w];
-                    BUFS.with_borrow_mut(|(v, mm, padded)| {
-                        v.resize(v.len().max(a * a * self.c_in * nt), 0.0);
-                        mm.resize(mm.len().max(a * a * cn * nt), 0.0);
-                        self.input_transform(xi, h, w, r0, r1, tw, &mut v[..a * a * self.c_in * nt], padded);
-                        for xi_idx in 0..a * a {
-                            // M[ξ] (cn × nt) = U[ξ] (cn × c_in) · V[ξ] (c_in × nt).
-                            let (vx, mx) =
-                                (v.as_ptr().add(xi_idx * self.c_in * nt), mm.as_mut_ptr().add(xi_idx * cn * nt));
-                            self.product(xi_idx, c0, cn, vx, nt, mx);
+        let fill = |dst: dispatch::SendPtr| {
+            (0..tasks).into_par_iter().for_each(|task| {
+                let img = task / (n_row_tasks * n_cblocks);
+                let rt = (task / n_cblocks) % n_row_tasks;
+                let c0 = (task % n_cblocks) * cblock;
+                let cn = cblock.min(self.c_out - c0);
+                let r0 = rt * rows_per_task;
+                let r1 = (r0 + rows_per_task).min(th);
+                let nt = (r1 - r0) * tw;
+                let xi = &x[img * self.c_in * h * w..(img + 1) * self.c_in * h * w];
+                BUFS.with_borrow_mut(|(v, mm, padded)| {
+                    v.resize(v.len().max(a * a * self.c_in * nt), 0.0);
+                    mm.resize(mm.len().max(a * a * cn * nt), 0.0);
+                    self.input_transform(xi, h, w, r0, r1, tw, &mut v[..a * a * self.c_in * nt], padded);
+                    for xi_idx in 0..a * a {
+                        // M[ξ] (cn × nt) = U[ξ] (cn × c_in) · V[ξ] (c_in × nt).
+                        let (v_off, m_off) = (xi_idx * self.c_in * nt, xi_idx * cn * nt);
+                        // SAFETY: plane ξ of V (c_in rows of nt) and of M (cn rows of nt) lie
+                        // in this thread's buffers, sized a²·c_in·nt and a²·cn·nt just
+                        // above; c0 is a multiple of MR (cblock is).
+                        unsafe {
+                            let (vx, mx) = (v.as_ptr().add(v_off), mm.as_mut_ptr().add(m_off));
+                            self.product(xi_idx, c0, cn, vx, v.len() - v_off, nt, mx, mm.len() - m_off)
+                        };
+                    }
+                    let (y0, y1) = (r0 * m, (r1 * m).min(oh));
+                    let out_base = img * self.c_out * hw;
+                    for co in c0..c0 + cn {
+                        let off = out_base + co * hw + y0 * ow;
+                        // SAFETY: output rows y0..y1 of channel co of image img, inside the
+                        // output (checked in debug builds), are this task's alone: tasks
+                        // split the images, tile rows and channel blocks. The output pass
+                        // below writes all of them before the epilogue reads them.
+                        let rows = unsafe { dst.slice(off, (y1 - y0) * ow) };
+                        let mm = &mm[(co - c0) * nt..];
+                        match self.tile {
+                            Tile::F2 => output_f2(mm, cn * nt, rows, ow, y1 - y0, tw),
+                            Tile::F4 => output_f4(mm, cn * nt, rows, ow, y1 - y0, tw),
                         }
-                        let (y0, y1) = (r0 * m, (r1 * m).min(oh));
-                        let out_base = img * self.c_out * hw;
-                        for co in c0..c0 + cn {
-                            let rows = dst.slice(out_base + co * hw + y0 * ow, (y1 - y0) * ow);
-                            let mm = &mm[(co - c0) * nt..];
-                            match self.tile {
-                                Tile::F2 => output_f2(mm, cn * nt, rows, ow, y1 - y0, tw),
-                                Tile::F4 => output_f4(mm, cn * nt, rows, ow, y1 - y0, tw),
-                            }
-                            let off = out_base + co * hw + y0 * ow;
-                            let (res, at) = match residual {
-                                Some((r, at)) => (Some(&r[off..off + rows.len()]), at),
-                                None => (None, AddAt::BeforeAct),
-                            };
-                            cpu::bias_act(rows, bias[co], res, at, act);
-                        }
-                    });
+                        let (res, at) = match residual {
+                            Some((r, at)) => (Some(&r[off..off + rows.len()]), at),
+                            None => (None, AddAt::BeforeAct),
+                        };
+                        dispatch::bias_act(rows, bias[co], res, at, act);
+                    }
                 });
-            })
-        }
+            });
+        };
+        // SAFETY: task (image, tile rows, channel block) writes output rows
+        // [r0·m, min(r1·m, oh)) of its channels only; together the tasks cover everything
+        // (debug builds check that every element was written).
+        unsafe { dispatch::filled_by(b * self.c_out * hw, fill) }
     }
 
     /// `M[ξ] (cn × nt, row stride nt) = U[ξ] rows c0..c0+cn · V[ξ] (c_in × nt)`.
     ///
     /// # Safety
-    /// `v` holds c_in rows of nt, `m` cn rows of nt owned by this task; c0 is a multiple
-    /// of [`sgemm::MR`].
-    unsafe fn product(&self, xi: usize, c0: usize, cn: usize, v: *const f32, nt: usize, m: *mut f32) {
+    /// `v` holds c_in rows of nt within the `v_len` elements from `v` to the end of its
+    /// buffer, `m` cn rows of nt within its `m_len`, owned by this task; `c0 + cn <= c_out`
+    /// and c0 is a multiple of [`sgemm::MR`]. Debug builds assert all of it.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        &self,
+        xi: usize,
+        c0: usize,
+        cn: usize,
+        v: *const f32,
+        v_len: usize,
+        nt: usize,
+        m: *mut f32,
+        m_len: usize,
+    ) {
+        dispatch::debug_check_block("winograd V plane", v_len, 0, self.c_in, nt, nt);
+        dispatch::debug_check_block("winograd M plane", m_len, 0, cn, nt, nt);
+        debug_assert!(c0 + cn <= self.c_out && c0.is_multiple_of(sgemm::MR), "winograd: channels {c0}+{cn}");
+        // SAFETY: the weights of the products (packed f32 or bf16) exist only where their
+        // kernel runs (`Winograd3x3::new`'s contract, checked again in debug builds); the
+        // operands as the caller promised; rows c0..c0 + cn of U[ξ] exist.
         unsafe {
             match &self.u {
                 Weights::Packed(u) => sgemm::gemm(&u[xi], c0, cn, v, nt, nt, m, nt, sgemm::Epilogue::NONE),
@@ -282,7 +312,7 @@ impl Winograd3x3 {
                     BF16_PANEL
                         .with_borrow_mut(|s| bf16::gemm(&u[xi], c0, cn, v, nt, nt, m, nt, s, sgemm::Epilogue::NONE));
                 }
-                Weights::Plain(u) => crate::kernels::gemm_ab(
+                Weights::Plain(u) => crate::kernels::ops::gemm_ab(
                     cn,
                     nt,
                     self.c_in,
@@ -322,52 +352,63 @@ impl Winograd3x3 {
         let mut v = vec![0f32; a * a * c_in * nt];
         let mut mm = vec![0f32; a * a * c_out * nt];
         let out_len = b * c_out * hw;
-        // SAFETY: per image, the output pass's tasks write disjoint channel planes and
-        // together cover the image.
-        unsafe {
-            cpu::filled_by(out_len, |dst| {
-                for img in 0..b {
-                    let xi = &x[img * c_in * h * w..(img + 1) * c_in * h * w];
-                    let vp = cpu::SendPtr(v.as_mut_ptr());
-                    let gc = groups(c_in);
-                    (0..c_in.div_ceil(gc)).into_par_iter().for_each(|gi| {
-                        let (c0, c1) = (gi * gc, ((gi + 1) * gc).min(c_in));
-                        let g = InGeom { c_in: c1 - c0, c_planes: c_in, h, w, pad: self.padding, r0: 0, r1: th, tw };
-                        // The call writes channels c0..c1 of every ξ plane: disjoint
-                        // across tasks.
-                        let vs = Planes { ptr: vp.get().add(c0 * nt), len: a * a * c_in * nt - c0 * nt };
-                        BUFS.with_borrow_mut(|(_, _, padded)| match self.tile {
-                            Tile::F2 => input_f2(&xi[c0 * h * w..c1 * h * w], g, vs, padded),
-                            Tile::F4 => input_f4(&xi[c0 * h * w..c1 * h * w], g, vs, padded),
-                        });
+        let fill = |dst: dispatch::SendPtr| {
+            for img in 0..b {
+                let xi = &x[img * c_in * h * w..(img + 1) * c_in * h * w];
+                let vp = dispatch::SendPtr::new(&mut v);
+                let gc = groups(c_in);
+                (0..c_in.div_ceil(gc)).into_par_iter().for_each(|gi| {
+                    let (c0, c1) = (gi * gc, ((gi + 1) * gc).min(c_in));
+                    let g = InGeom { c_in: c1 - c0, c_planes: c_in, h, w, pad: self.padding, r0: 0, r1: th, tw };
+                    // The call writes channels c0..c1 of every ξ plane: disjoint across
+                    // tasks.
+                    let len = a * a * c_in * nt - c0 * nt;
+                    // SAFETY: from channel c0 of plane 0 to the end of V (checked in debug
+                    // builds).
+                    let vs = Planes { ptr: unsafe { vp.at(c0 * nt, len) }, len };
+                    BUFS.with_borrow_mut(|(_, _, padded)| match self.tile {
+                        Tile::F2 => input_f2(&xi[c0 * h * w..c1 * h * w], g, vs, padded),
+                        Tile::F4 => input_f4(&xi[c0 * h * w..c1 * h * w], g, vs, padded),
                     });
-                    let mp = cpu::SendPtr(mm.as_mut_ptr());
-                    let vr = &v;
-                    (0..a * a).into_par_iter().for_each(|xi_idx| {
-                        // M[ξ] (c_out × nt) = U[ξ] · V[ξ] (c_in × nt).
-                        let (vx, mx) = (vr.as_ptr().add(xi_idx * c_in * nt), mp.get().add(xi_idx * c_out * nt));
-                        self.product(xi_idx, 0, c_out, vx, nt, mx);
-                    });
-                    let mr = &mm;
-                    let go = groups(c_out);
-                    (0..c_out.div_ceil(go)).into_par_iter().for_each(|gi| {
-                        for co in gi * go..((gi + 1) * go).min(c_out) {
-                            let off = (img * c_out + co) * hw;
-                            let rows = dst.slice(off, hw);
-                            match self.tile {
-                                Tile::F2 => output_f2(&mr[co * nt..], c_out * nt, rows, ow, oh, tw),
-                                Tile::F4 => output_f4(&mr[co * nt..], c_out * nt, rows, ow, oh, tw),
-                            }
-                            let (res, at) = match residual {
-                                Some((r, at)) => (Some(&r[off..off + hw]), at),
-                                None => (None, AddAt::BeforeAct),
-                            };
-                            cpu::bias_act(rows, bias[co], res, at, act);
+                });
+                let mp = dispatch::SendPtr::new(&mut mm);
+                let vr = &v;
+                (0..a * a).into_par_iter().for_each(|xi_idx| {
+                    // M[ξ] (c_out × nt) = U[ξ] · V[ξ] (c_in × nt).
+                    let v_off = xi_idx * c_in * nt;
+                    // SAFETY: plane ξ of V (c_in rows of nt, written by the pass above) and
+                    // of M (c_out rows of nt, this task's alone; checked in debug builds).
+                    unsafe {
+                        let (vx, mx) = (vr.as_ptr().add(v_off), mp.at(xi_idx * c_out * nt, c_out * nt));
+                        self.product(xi_idx, 0, c_out, vx, vr.len() - v_off, nt, mx, c_out * nt)
+                    };
+                });
+                let mr = &mm;
+                let go = groups(c_out);
+                (0..c_out.div_ceil(go)).into_par_iter().for_each(|gi| {
+                    for co in gi * go..((gi + 1) * go).min(c_out) {
+                        let off = (img * c_out + co) * hw;
+                        // SAFETY: the plane of channel co of image img, inside the output
+                        // (checked in debug builds), is this task's alone (tasks split the
+                        // channels). The output pass below writes all of it before the
+                        // epilogue reads it.
+                        let rows = unsafe { dst.slice(off, hw) };
+                        match self.tile {
+                            Tile::F2 => output_f2(&mr[co * nt..], c_out * nt, rows, ow, oh, tw),
+                            Tile::F4 => output_f4(&mr[co * nt..], c_out * nt, rows, ow, oh, tw),
                         }
-                    });
-                }
-            })
-        }
+                        let (res, at) = match residual {
+                            Some((r, at)) => (Some(&r[off..off + hw]), at),
+                            None => (None, AddAt::BeforeAct),
+                        };
+                        dispatch::bias_act(rows, bias[co], res, at, act);
+                    }
+                });
+            }
+        };
+        // SAFETY: per image, the output pass's tasks write disjoint channel planes and
+        // together cover the image (debug builds check that every element was written).
+        unsafe { dispatch::filled_by(out_len, fill) }
     }
 
     /// V[ξ][ci][tile] = (Bᵀ d B)[ξ] for the tiles of tile rows r0..r1 (zero padding).
@@ -399,7 +440,9 @@ type Lanes = [f32; L];
 type Block = [[Lanes; 6]; 6];
 
 /// Where an input transform writes V: planes that several tasks fill at disjoint offsets
-/// (a raw pointer, so that no task holds a `&mut` over another's part).
+/// (a raw pointer, so that no task holds a `&mut` over another's part). Invariant: `ptr`
+/// points at `len` writable f32s of a live buffer while the value is used (it is built by
+/// [`Planes::new`] or from a [`dispatch::SendPtr`] range).
 #[derive(Clone, Copy)]
 struct Planes {
     ptr: *mut f32,
@@ -414,8 +457,8 @@ impl Planes {
     /// Writes the first `n` lanes of `src` at `off`.
     ///
     /// # Safety
-    /// The planes are still allocated and no other thread reads or writes `off..off + n`
-    /// meanwhile.
+    /// The planes are still allocated (`ptr` points at `len` writable f32s) and no other
+    /// thread reads or writes `off..off + n` meanwhile. The bounds are asserted.
     #[inline(always)]
     unsafe fn write(&self, off: usize, src: &Lanes, n: usize) {
         assert!(n <= L && off + n <= self.len, "V plane bounds");
@@ -722,7 +765,7 @@ mod tests {
         let wt = rng.vec(co * ci * 9);
         let bias = rng.vec(co);
         let want = naive(&x, &wt, &bias, dims, pad);
-        let wino = Winograd3x3::new(&wt, ci, co, pad, tile, Precision::F32);
+        let wino = Winograd3x3::new(&wt, ci, co, pad, tile, crate::kernels::KernelConfig::default().products);
         let got = wino.run(&x, &bias, b, h, w, None, Activation::Identity);
         let scale = (ci as f32 * 9.0).sqrt();
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
@@ -737,7 +780,7 @@ mod tests {
             let got = wino.run(&x, &bias, b, h, w, Some((&res, at)), act);
             let mut want = unbiased.clone();
             for (i, row) in want.chunks_exact_mut(plane).enumerate() {
-                cpu::bias_act(row, bias[i % co], Some(&res[i * plane..(i + 1) * plane]), at, act);
+                dispatch::bias_act(row, bias[i % co], Some(&res[i * plane..(i + 1) * plane]), at, act);
             }
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() <= tol * scale, "{tile:?} {dims:?} epilogue {act:?}: {g} vs {e}");
@@ -746,13 +789,15 @@ mod tests {
     }
 
     /// bf16 products (AVX512-BF16 CPUs): the same convolution within bf16 rounding,
-    /// amplified by the transforms; both the tile-row and the phased paths.
+    /// amplified by the transforms; both the tile-row and the phased paths. The weights'
+    /// transform and bf16 packing (portable) are built on every CPU.
     #[test]
     fn bf16_products_match_direct_convolution() {
-        if !bf16::available() {
-            eprintln!("no AVX512-BF16 on this CPU: bf16 Winograd not exercised");
-            return;
-        }
+        let skip_kernel = dispatch::skip_unless(
+            bf16::available(),
+            "kernels::winograd::tests::bf16_products_match_direct_convolution (kernel part; weights built)",
+            "AVX512-BF16",
+        );
         for (tile, tol) in [(Tile::F2, 1e-2), (Tile::F4, 4e-2)] {
             for (seed, dims) in [(1, (1, 33, 17, 40, 37)), (2, (2, 20, 30, 70, 66)), (3, (1, 64, 64, 20, 20))] {
                 let (b, ci, co, h, w) = dims;
@@ -760,16 +805,15 @@ mod tests {
                 let x = rng.vec(b * ci * h * w);
                 let wt = rng.vec(co * ci * 9);
                 let bias = rng.vec(co);
+                let wino = Winograd3x3::new(&wt, ci, co, 1, tile, Products::Bf16);
+                let a = tile.transform().m + 2;
+                let Weights::Bf16(u) = &wino.u else { panic!("bf16 products need bf16 weights") };
+                assert!(u.len() == a * a && u.iter().all(|p| (p.rows(), p.kdim()) == (co, ci)), "U[ξ] shapes");
+                if skip_kernel {
+                    continue;
+                }
                 let want = naive(&x, &wt, &bias, dims, 1);
-                let got = Winograd3x3::new(&wt, ci, co, 1, tile, Precision::Bf16).run(
-                    &x,
-                    &bias,
-                    b,
-                    h,
-                    w,
-                    None,
-                    Activation::Identity,
-                );
+                let got = wino.run(&x, &bias, b, h, w, None, Activation::Identity);
                 // Relative to the output's typical magnitude.
                 let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
                 let worst = got.iter().zip(&want).map(|(g, e)| (g - e).abs()).fold(0f32, f32::max) / rms;

@@ -15,7 +15,6 @@ pub struct MsdaDims {
     pub queries: usize,
     pub heads: usize,
     pub head_dim: usize,
-    pub points: usize,
 }
 
 /// Starts of each level in the flattened sequence, and its length.
@@ -30,24 +29,26 @@ fn level_starts(levels: &[(usize, usize)]) -> (Vec<usize>, usize) {
 }
 
 /// Calls `f(position, weight)` for every in-bounds bilinear corner of the sampling points
-/// of one (query, head): `locations`/`weights` start at its first (level, point).
+/// of one (query, head): `locations`/`weights` start at its first (level, point), with
+/// `points[l]` points on level `l`.
 #[inline(always)]
 fn for_each_corner(
     levels: &[(usize, usize)],
     starts: &[usize],
-    points: usize,
+    points: &[usize],
     locations: &[f32],
     weights: &[f32],
     mut f: impl FnMut(usize, f32),
 ) {
+    let mut i = 0;
     for (l, &(lh, lw)) in levels.iter().enumerate() {
-        for p in 0..points {
-            let i = l * points + p;
-            let a = weights[i];
+        for _ in 0..points[l] {
+            let (a, lx, ly) = (weights[i], locations[2 * i], locations[2 * i + 1]);
+            i += 1;
             // Same arithmetic as the reference: grid = 2·loc − 1, then grid_sample's
             // unnormalisation ((grid + 1)·size − 1) / 2.
-            let gx = 2.0 * locations[2 * i] - 1.0;
-            let gy = 2.0 * locations[2 * i + 1] - 1.0;
+            let gx = 2.0 * lx - 1.0;
+            let gy = 2.0 * ly - 1.0;
             let x = ((gx + 1.0) * lw as f32 - 1.0) / 2.0;
             let y = ((gy + 1.0) * lh as f32 - 1.0) / 2.0;
             if !(x.is_finite() && y.is_finite()) {
@@ -79,31 +80,33 @@ fn for_each_corner(
 /// The value projection is linear and the sampling a weighted sum, so
 /// `Σ w·(W·m + b) = W·(Σ w·m) + b·Σ w` per head: sampling the d_model-wide memory for each
 /// (query, head) and projecting those vectors afterwards
-/// ([`crate::nn::Linear::run_per_head`]) equals projecting all S memory positions and
+/// ([`crate::model::layers::Linear::run_per_head`]) equals projecting all S memory positions and
 /// sampling the head's slice, for a fraction of the work (r50vd at 640: 300 queries × 8
 /// heads projected through a 32-row slice each, instead of 8400 positions through all 256
 /// rows: 1.1 GFLOP less per decoder layer).
 ///
-/// `memory`: (B, S, d_model = heads·head_dim) with S = Σ h_l·w_l, levels concatenated in order. `levels`:
-/// (height, width) of each level. `locations`: (B, Q, heads, L, P, 2) as (x, y) in [0, 1]
-/// (outside is allowed: those samples read zeros). `weights`: (B, Q, heads, L, P).
+/// `memory`: (B, S, d_model = heads·head_dim) with S = Σ h_l·w_l, levels concatenated in
+/// order. `levels`: (height, width) of each level; `points`: the sampling points on each
+/// level (P_l). `locations`: (B, Q, heads, Σ P_l, 2) as (x, y) in [0, 1], level by level
+/// (outside is allowed: those samples read zeros). `weights`: (B, Q, heads, Σ P_l).
 /// Returns the sampled memory (B, Q, heads, d_model) and the weight of the in-bounds
 /// samples per (B, Q, heads), which multiplies the projection's bias.
 pub fn sample_memory(
     memory: &[f32],
     levels: &[(usize, usize)],
+    points: &[usize],
     locations: &[f32],
     weights: &[f32],
     d: MsdaDims,
 ) -> (Vec<f32>, Vec<f32>) {
-    let MsdaDims { batch, queries, heads, head_dim, points } = d;
+    let MsdaDims { batch, queries, heads, head_dim } = d;
     let d_model = heads * head_dim;
-    let n_levels = levels.len();
     let (starts, seq) = level_starts(levels);
+    assert_eq!(points.len(), levels.len(), "one point count per level");
+    let per_head: usize = points.iter().sum();
     assert_eq!(memory.len(), batch * seq * d_model, "memory shape");
-    assert_eq!(weights.len(), batch * queries * heads * n_levels * points, "weights shape");
+    assert_eq!(weights.len(), batch * queries * heads * per_head, "weights shape");
     assert_eq!(locations.len(), weights.len() * 2, "locations shape");
-    let per_head = n_levels * points;
     let mut sampled = vec![0f32; batch * queries * heads * d_model];
     let mut in_bounds = vec![0f32; batch * queries * heads];
     sampled.par_chunks_mut(d_model).zip(in_bounds.par_iter_mut()).enumerate().for_each(|(bqh, (acc, total))| {
@@ -121,7 +124,7 @@ fn sample_one_impl(
     memory: &[f32],
     levels: &[(usize, usize)],
     starts: &[usize],
-    points: usize,
+    points: &[usize],
     locations: &[f32],
     weights: &[f32],
 ) -> f32 {
@@ -136,7 +139,7 @@ fn sample_one_impl(
     sum
 }
 
-crate::cpu::simd_dispatch! {
+crate::kernels::dispatch::simd_dispatch! {
     /// Accumulates the weighted memory rows of one (query, head) into `acc` (d_model
     /// wide); returns the sum of their weights.
     fn sample_one(
@@ -144,7 +147,7 @@ crate::cpu::simd_dispatch! {
         memory: &[f32],
         levels: &[(usize, usize)],
         starts: &[usize],
-        points: usize,
+        points: &[usize],
         locations: &[f32],
         weights: &[f32],
     ) -> f32 => sample_one_impl
@@ -156,10 +159,17 @@ mod tests {
 
     /// Straightforward reference: per level, grid_sample each point, then weight and sum,
     /// in the reference's loop order.
-    fn naive(value: &[f32], levels: &[(usize, usize)], loc: &[f32], w: &[f32], d: MsdaDims) -> Vec<f32> {
-        let MsdaDims { batch, queries, heads, head_dim, points } = d;
+    fn naive(
+        value: &[f32],
+        levels: &[(usize, usize)],
+        points: &[usize],
+        loc: &[f32],
+        w: &[f32],
+        d: MsdaDims,
+    ) -> Vec<f32> {
+        let MsdaDims { batch, queries, heads, head_dim } = d;
         let seq: usize = levels.iter().map(|(h, w)| h * w).sum();
-        let nl = levels.len();
+        let per_head: usize = points.iter().sum();
         let mut out = vec![0f32; batch * queries * heads * head_dim];
         for b in 0..batch {
             for q in 0..queries {
@@ -167,9 +177,10 @@ mod tests {
                     for c in 0..head_dim {
                         let mut total = 0f32;
                         let mut start = 0;
+                        let mut first = 0;
                         for (l, &(lh, lw)) in levels.iter().enumerate() {
-                            for p in 0..points {
-                                let i = (((b * queries + q) * heads + h) * nl + l) * points + p;
+                            for p in 0..points[l] {
+                                let i = ((b * queries + q) * heads + h) * per_head + first + p;
                                 let x = loc[2 * i] * lw as f32 - 0.5;
                                 let y = loc[2 * i + 1] * lh as f32 - 0.5;
                                 let pix = |yy: f32, xx: f32| -> f32 {
@@ -189,6 +200,7 @@ mod tests {
                                 total += s * w[i];
                             }
                             start += lh * lw;
+                            first += points[l];
                         }
                         out[((b * queries + q) * heads + h) * head_dim + c] = total;
                     }
@@ -198,12 +210,12 @@ mod tests {
         out
     }
 
-    use crate::nn::Linear;
+    use crate::model::layers::Linear;
     use crate::test_rng::Rng;
 
     /// The kernel path (sample the memory, project per head) against the reference's
     /// order (project every position, then sample each head's slice).
-    fn check(levels: &[(usize, usize)], d: MsdaDims, seed: u64, loc_range: (f32, f32)) {
+    fn check(levels: &[(usize, usize)], points: &[usize], d: MsdaDims, seed: u64, loc_range: (f32, f32)) {
         let mut rng = Rng(seed);
         let seq: usize = levels.iter().map(|(h, w)| h * w).sum();
         let d_model = d.heads * d.head_dim;
@@ -217,12 +229,12 @@ mod tests {
                 (0..d_model).map(move |o| bias[o] + (0..d_model).map(|i| weight[o * d_model + i] * m[i]).sum::<f32>())
             })
             .collect();
-        let n = d.batch * d.queries * d.heads * levels.len() * d.points;
+        let n = d.batch * d.queries * d.heads * points.iter().sum::<usize>();
         let loc: Vec<f32> = (0..2 * n).map(|_| loc_range.0 + rng.unit() * (loc_range.1 - loc_range.0)).collect();
         let w: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
-        let (sampled, in_bounds) = sample_memory(&memory, levels, &loc, &w, d);
+        let (sampled, in_bounds) = sample_memory(&memory, levels, points, &loc, &w, d);
         let got = proj.run_per_head(&sampled, d.batch * d.queries, d.heads, &in_bounds);
-        let want = naive(&value, levels, &loc, &w, d);
+        let want = naive(&value, levels, points, &loc, &w, d);
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
             assert!((g - e).abs() <= 1e-4 * e.abs().max(1.0), "index {i}: {g} vs {e}");
         }
@@ -230,32 +242,40 @@ mod tests {
 
     #[test]
     fn matches_naive_on_random_shapes() {
-        let d = MsdaDims { batch: 2, queries: 7, heads: 3, head_dim: 5, points: 4 };
-        check(&[(8, 6), (4, 3), (2, 2)], d, 1, (0.0, 1.0));
+        let d = MsdaDims { batch: 2, queries: 7, heads: 3, head_dim: 5 };
+        check(&[(8, 6), (4, 3), (2, 2)], &[4, 4, 4], d, 1, (0.0, 1.0));
         // Points outside the map read zeros at the border (and so drop the bias).
-        check(&[(5, 7), (3, 4)], d, 2, (-0.3, 1.3));
+        check(&[(5, 7), (3, 4)], &[4, 4], d, 2, (-0.3, 1.3));
         // More rows than the projection's row blocks.
-        let d = MsdaDims { batch: 1, queries: 37, heads: 2, head_dim: 3, points: 2 };
-        check(&[(6, 5), (3, 3)], d, 5, (-0.1, 1.1));
+        let d = MsdaDims { batch: 1, queries: 37, heads: 2, head_dim: 3 };
+        check(&[(6, 5), (3, 3)], &[2, 2], d, 5, (-0.1, 1.1));
     }
 
     #[test]
     fn edge_sizes() {
         // 1x1 levels, a single query, head_dim 1.
-        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, points: 1 };
-        check(&[(1, 1)], d, 3, (-0.5, 1.5));
-        let d = MsdaDims { batch: 1, queries: 3, heads: 8, head_dim: 32, points: 4 };
-        check(&[(1, 9), (9, 1), (1, 1)], d, 4, (0.0, 1.0));
+        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1 };
+        check(&[(1, 1)], &[1], d, 3, (-0.5, 1.5));
+        let d = MsdaDims { batch: 1, queries: 3, heads: 8, head_dim: 32 };
+        check(&[(1, 9), (9, 1), (1, 1)], &[4, 4, 4], d, 4, (0.0, 1.0));
+    }
+
+    #[test]
+    fn different_point_counts_per_level() {
+        // D-FINE and RT-DETRv2 configurations sample a different number of points per level.
+        let d = MsdaDims { batch: 2, queries: 5, heads: 4, head_dim: 3 };
+        check(&[(8, 6), (4, 3), (2, 2)], &[3, 6, 1], d, 6, (-0.2, 1.2));
+        check(&[(7, 7), (3, 5)], &[1, 2], d, 7, (0.0, 1.0));
     }
 
     #[test]
     fn exact_pixel_centres_return_the_pixel() {
         // A location at a pixel centre samples exactly that pixel, with its full weight.
         let levels = [(2usize, 3usize)];
-        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, points: 1 };
+        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1 };
         let memory: Vec<f32> = (0..6).map(|v| v as f32).collect();
         // Pixel (y=1, x=2): centre at ((2+0.5)/3, (1+0.5)/2).
-        let (out, in_bounds) = sample_memory(&memory, &levels, &[2.5 / 3.0, 0.75], &[1.0], d);
+        let (out, in_bounds) = sample_memory(&memory, &levels, &[1], &[2.5 / 3.0, 0.75], &[1.0], d);
         assert!((out[0] - 5.0).abs() < 1e-6, "{}", out[0]);
         assert!((in_bounds[0] - 1.0).abs() < 1e-6, "{}", in_bounds[0]);
     }
@@ -263,8 +283,9 @@ mod tests {
     #[test]
     fn non_finite_locations_read_zero() {
         let levels = [(2usize, 2usize)];
-        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, points: 2 };
-        let (out, in_bounds) = sample_memory(&[1.0; 4], &levels, &[f32::NAN, 0.5, f32::INFINITY, 0.5], &[1.0, 1.0], d);
+        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1 };
+        let (out, in_bounds) =
+            sample_memory(&[1.0; 4], &levels, &[2], &[f32::NAN, 0.5, f32::INFINITY, 0.5], &[1.0, 1.0], d);
         assert_eq!((out[0], in_bounds[0]), (0.0, 0.0));
     }
 }

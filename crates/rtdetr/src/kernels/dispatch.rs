@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Shape, Storage, Tensor};
 
-use crate::config::Activation;
 use crate::error::{Error, Result};
+use crate::io::config::Activation;
 
 /// The instruction sets the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,19 +55,26 @@ macro_rules! simd_dispatch {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
+                /// # Safety
+                /// The CPU has AVX-512 F/BW/DQ/VL, AVX2 and FMA.
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
                 unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
                     $imp($($arg),*)
                 }
+                /// # Safety
+                /// The CPU has AVX2 and FMA.
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
                     $imp($($arg),*)
                 }
-                match $crate::cpu::isa() {
-                    // SAFETY: the CPU supports the features these copies were compiled for.
-                    $crate::cpu::Isa::V4 => return unsafe { v4($($arg),*) },
-                    $crate::cpu::Isa::V3 => return unsafe { v3($($arg),*) },
-                    $crate::cpu::Isa::Portable => {}
+                match $crate::kernels::dispatch::isa() {
+                    // SAFETY: `isa()` returned V4 only because the CPU has every feature
+                    // `v4` was compiled for (AVX-512 F/BW/DQ/VL, AVX2, FMA).
+                    $crate::kernels::dispatch::Isa::V4 => return unsafe { v4($($arg),*) },
+                    // SAFETY: `isa()` returned V3 only because the CPU has AVX2 and FMA,
+                    // the features `v3` was compiled for.
+                    $crate::kernels::dispatch::Isa::V3 => return unsafe { v3($($arg),*) },
+                    $crate::kernels::dispatch::Isa::Portable => {}
                 }
             }
             $imp($($arg),*)
@@ -100,37 +107,136 @@ pub fn tensor<S: Into<Shape>>(data: Vec<f32>, shape: S, device: &Device) -> Resu
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 
-/// A buffer of `len` f32 the caller fills completely through `fill` (given the raw
-/// pointer, so that parallel tasks can write disjoint parts) before it is read.
+/// The bit pattern debug builds fill [`filled_by`]'s buffers with before `fill` runs: a
+/// quiet NaN with a payload that no kernel computes (arithmetic makes NaNs with payload 0,
+/// or passes on an input's), so an element still holding it afterwards was never written.
+const UNWRITTEN: u32 = 0x7fc0_dead;
+
+/// A buffer of `len` f32 that `fill` writes completely before anything reads it (`fill`
+/// gets a raw pointer, so that parallel tasks can write disjoint parts).
+///
+/// The memory is not initialised first: a kernel's output would otherwise be written
+/// twice. Setting the length of uninitialised f32s is sound only because every element has
+/// been written when `fill` returns, so nothing uninitialised is ever read (any bit pattern
+/// is a valid f32, but reading memory never written is undefined behaviour all the same).
+/// Debug builds check it: they fill the buffer with the NaN pattern `UNWRITTEN` first and
+/// panic, naming the first element left, if any element still holds it afterwards.
 ///
 /// # Safety
-/// `fill` must write every element.
+/// The caller takes the responsibility that, when `fill` returns normally, it has written
+/// every one of the `len` elements, only within `0..len`, and that no two threads wrote
+/// the same element. (If `fill` panics, nothing is read.)
 pub unsafe fn filled_by(len: usize, fill: impl FnOnce(SendPtr)) -> Vec<f32> {
     let mut v: Vec<f32> = Vec::with_capacity(len);
-    fill(SendPtr(v.as_mut_ptr()));
-    // SAFETY: the caller guarantees `fill` initialised all `len` elements.
+    if cfg!(debug_assertions) {
+        v.spare_capacity_mut()[..len].fill(std::mem::MaybeUninit::new(f32::from_bits(UNWRITTEN)));
+    }
+    fill(SendPtr { ptr: v.as_mut_ptr(), len });
+    // SAFETY: the capacity is at least `len` (allocated above), and the caller guarantees
+    // that `fill` initialised all `len` elements (checked just below in debug builds).
     unsafe { v.set_len(len) };
+    if cfg!(debug_assertions) {
+        if let Some(first) = v.iter().position(|x| x.to_bits() == UNWRITTEN) {
+            let left = v.iter().filter(|x| x.to_bits() == UNWRITTEN).count();
+            panic!(
+                "filled_by: {left} of {len} output elements were never written (the first at index {first}): \
+                 the kernel's tasks do not cover its output"
+            );
+        }
+    }
     v
 }
 
-/// A raw pointer that parallel tasks writing disjoint ranges may share.
+/// A raw pointer to a buffer of `len` f32 that parallel tasks writing disjoint ranges may
+/// share. The length serves the debug builds' bounds checks.
 #[derive(Clone, Copy)]
-pub struct SendPtr(pub *mut f32);
-// SAFETY: users only write disjoint ranges from different threads.
+pub struct SendPtr {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: a `SendPtr` is a pointer and a length; it reads and writes nothing by itself.
+// Every access through it is an `unsafe fn` (`at`, `slice`) whose caller promises that no
+// two threads touch the same elements at once, so moving it to another thread is sound.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: a shared `&SendPtr` only gives copies of the pointer, and the
+// accesses through them carry the disjointness promise.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    pub fn get(self) -> *mut f32 {
-        self.0
+    /// The buffer `buf`, for tasks that each write their own part of it. The pointer is
+    /// valid while `buf` is neither moved, reallocated nor accessed another way.
+    pub fn new(buf: &mut [f32]) -> Self {
+        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
     }
 
+    /// The address of element `offset`, where the caller will access `len` elements (for
+    /// a strided block, its [`extent`]).
+    ///
     /// # Safety
-    /// `offset..offset + len` is inside the allocation and no other thread touches it.
+    /// `offset + len` is at most the buffer's length (asserted in debug builds), and the
+    /// buffer is still allocated.
+    pub unsafe fn at(self, offset: usize, len: usize) -> *mut f32 {
+        debug_assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "SendPtr::at: {offset} + {len} is past the buffer's {} elements",
+            self.len
+        );
+        // SAFETY: offset <= offset + len <= the buffer's length (the caller's promise),
+        // so the result stays inside the allocation (or one past its end).
+        unsafe { self.ptr.add(offset) }
+    }
+
+    /// Elements `offset..offset + len` as a slice.
+    ///
+    /// # Safety
+    /// `offset..offset + len` is inside the buffer (asserted in debug builds), the buffer
+    /// is still allocated, and no other thread (nor another slice) reads or writes that
+    /// range while the slice lives. `std::slice::from_raw_parts_mut` also asks for
+    /// initialised elements: a slice of a [`filled_by`] buffer taken before its elements
+    /// are written (as the Winograd output pass does) relies on f32 having no invalid bit
+    /// patterns and on writing every element before reading it.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+        // SAFETY: in bounds (the caller's promise, checked by `at` in debug builds).
+        let start = unsafe { self.at(offset, len) };
+        // SAFETY: `len` elements from `start` lie in one live allocation and nothing else
+        // accesses them while the slice lives (the caller's promise).
+        unsafe { std::slice::from_raw_parts_mut(start, len) }
     }
+}
+
+/// The number of elements a block of `rows` rows of `cols` values, `stride` apart, spans
+/// from its first element: `(rows − 1)·stride + cols`, or 0 for an empty block. Debug
+/// builds compare it with the length behind a raw pointer.
+#[inline(always)]
+pub fn extent(rows: usize, cols: usize, stride: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * stride + cols
+    }
+}
+
+/// Debug builds: panics unless a block of `rows` rows of `cols` values, `stride` apart,
+/// starting at `offset` of a buffer of `len` elements, lies inside it with rows that do
+/// not overlap: what a kernel reading or writing the block through a raw pointer is
+/// promised. Nothing in release builds.
+#[inline(always)]
+#[track_caller]
+pub fn debug_check_block(what: &str, len: usize, offset: usize, rows: usize, cols: usize, stride: usize) {
+    debug_assert!(rows <= 1 || stride >= cols, "{what}: rows overlap (stride {stride} < {cols} columns)");
+    debug_assert!(
+        offset.checked_add(extent(rows, cols, stride)).is_some_and(|end| end <= len),
+        "{what}: {rows} x {cols} block (stride {stride}) at {offset} is past the buffer's {len} elements"
+    );
+}
+
+/// Whether `n` f32s from `p` and `m` f32s from `q` share no element (address arithmetic
+/// only, for debug assertions).
+pub fn disjoint(p: *const f32, n: usize, q: *const f32, m: usize) -> bool {
+    let (p, q, size) = (p as usize, q as usize, std::mem::size_of::<f32>());
+    n == 0 || m == 0 || p + n * size <= q || q + m * size <= p
 }
 
 /// Combines `map(x)` with `op` in 16 interleaved lanes, so that the loop vectorises (a
@@ -244,24 +350,24 @@ pub fn gelu_tanh(x: f32) -> f32 {
 macro_rules! with_act {
     ($act:expr, $f:ident => $body:expr) => {
         match $act {
-            $crate::config::Activation::Identity => {
+            $crate::io::config::Activation::Identity => {
                 let $f = |v: f32| v;
                 $body
             }
-            $crate::config::Activation::Relu => {
+            $crate::io::config::Activation::Relu => {
                 let $f = |v: f32| v.max(0.0);
                 $body
             }
-            $crate::config::Activation::Silu => {
-                let $f = $crate::cpu::silu;
+            $crate::io::config::Activation::Silu => {
+                let $f = $crate::kernels::dispatch::silu;
                 $body
             }
-            $crate::config::Activation::Gelu => {
-                let $f = $crate::cpu::gelu;
+            $crate::io::config::Activation::Gelu => {
+                let $f = $crate::kernels::dispatch::gelu;
                 $body
             }
-            $crate::config::Activation::GeluTanh => {
-                let $f = $crate::cpu::gelu_tanh;
+            $crate::io::config::Activation::GeluTanh => {
+                let $f = $crate::kernels::dispatch::gelu_tanh;
                 $body
             }
         }
@@ -320,9 +426,118 @@ simd_dispatch! {
     pub fn act_inplace(x: &mut [f32], act: Activation) => act_inplace_impl
 }
 
+/// For tests whose kernel part needs an instruction set: `false` where `feature_ok` (run
+/// it); else `true` after printing `SKIPPED <test>: needs <needs>, this CPU has <isa>` to
+/// the process's stderr, past the test harness's capture, so that a skip is visible in
+/// `cargo test`'s output instead of passing silently. Use as
+/// `if skip_unless(available(), "module::test", "AVX-512F") { return; }` after the part
+/// that runs everywhere.
+#[cfg(test)]
+pub fn skip_unless(feature_ok: bool, test: &str, needs: &str) -> bool {
+    if !feature_ok {
+        use std::io::Write;
+        let line = format!("SKIPPED {test}: needs {needs}, this CPU has {}\n", isa().describe());
+        // Written to the stream itself: `eprintln!` output is captured for passing tests.
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+    !feature_ok
+}
+
+impl Isa {
+    /// The instruction set in words, for test and benchmark reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Isa::V4 => "V4 (AVX-512 F/BW/DQ/VL)",
+            Isa::V3 => "V3 (AVX2 + FMA, no AVX-512)",
+            Isa::Portable => "portable (neither AVX2 + FMA nor AVX-512)",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which instruction-set paths this machine exercises (printed past the capture, as
+    /// the skips are), and that the detected [`Isa`] agrees with the CPU's feature flags.
+    #[test]
+    fn isa_paths_exercised() {
+        use crate::kernels::{bf16, sgemm};
+        use std::io::Write;
+        let isa = isa();
+        let runs = |yes: bool| if yes { "runs here" } else { "not exercised here" };
+        let line = format!(
+            "ISA paths: dispatch {}; packed AVX-512 f32 kernel {}; AVX512-BF16 kernel {}\n",
+            isa.describe(),
+            runs(sgemm::available()),
+            runs(bf16::available())
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512 = [
+                is_x86_feature_detected!("avx512f"),
+                is_x86_feature_detected!("avx512bw"),
+                is_x86_feature_detected!("avx512dq"),
+                is_x86_feature_detected!("avx512vl"),
+            ];
+            let v3 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let want = match (avx512.iter().all(|&f| f), v3) {
+                (true, true) => Isa::V4,
+                (_, true) => Isa::V3,
+                _ => Isa::Portable,
+            };
+            assert_eq!(isa, want, "detected ISA vs the CPU's flags (avx512 f/bw/dq/vl {avx512:?}, avx2+fma {v3})");
+            let bf16_flags = is_x86_feature_detected!("avx512bf16") && avx512[0] && avx512[1];
+            assert_eq!(bf16::available(), bf16_flags, "bf16 kernel vs avx512bf16/f/bw flags");
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        assert_eq!(isa, Isa::Portable, "only x86-64 has SIMD paths");
+        assert_eq!(sgemm::available(), isa == Isa::V4, "the packed f32 kernel runs exactly on V4");
+    }
+
+    #[test]
+    fn filled_by_returns_what_fill_wrote() {
+        let fill = |dst: SendPtr| {
+            for i in 0..37 {
+                // SAFETY: i + 1 <= 37, the buffer's length; one thread.
+                unsafe { dst.at(i, 1).write(i as f32) };
+            }
+        };
+        // SAFETY: `fill` writes all 37 elements, in bounds, from one thread.
+        let v = unsafe { filled_by(37, fill) };
+        assert_eq!(v, (0..37).map(|i| i as f32).collect::<Vec<_>>());
+        // SAFETY: nothing to write.
+        assert!(unsafe { filled_by(0, |_| {}) }.is_empty());
+    }
+
+    /// Debug builds catch a kernel that leaves part of its output unwritten (in release
+    /// builds the same call would return uninitialised memory, so it runs in debug only).
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "1 of 8 output elements were never written (the first at index 5)")]
+    fn filled_by_catches_unwritten_elements_in_debug_builds() {
+        let fill = |dst: SendPtr| {
+            for i in (0..8).filter(|&i| i != 5) {
+                // SAFETY: i < 8, the buffer's length; one thread.
+                unsafe { dst.at(i, 1).write(1.0) };
+            }
+        };
+        // SAFETY: deliberately broken (element 5 is never written): the debug check panics
+        // before the buffer is returned.
+        let _ = unsafe { filled_by(8, fill) };
+    }
+
+    /// `SendPtr` bounds are checked in debug builds.
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "past the buffer")]
+    fn send_ptr_bounds_are_checked_in_debug_builds() {
+        let mut buf = vec![0f32; 4];
+        let p = SendPtr::new(&mut buf);
+        // SAFETY: deliberately out of bounds: the debug assertion panics before `add`.
+        let _ = unsafe { p.at(3, 2) };
+    }
 
     #[test]
     fn sum_map_equals_the_sum_to_rounding() {

@@ -1,0 +1,189 @@
+//! What every request shares, and the gates in front of the work: readiness (503),
+//! admission slots (429) with the in-flight gauge, and the registry of open streams.
+//! The bottom of the server's modules: it knows the queue, the config and the error shape,
+//! nothing about routes or protocols.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ServerConfig;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics as m;
+use crate::queue::{InferenceQueue, ModelInfo, ModelState};
+
+/// Shared by every handler.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub queue: Arc<InferenceQueue>,
+    /// Admission slots, one per image in flight (`--max-queue`).
+    pub permits: Arc<Semaphore>,
+    /// Concurrent image decodes (one per CPU): bounds the memory of full-size decoded images.
+    pub decode_slots: Arc<Semaphore>,
+    /// Set once shutdown starts: `/health` and new inference requests answer 503 (the listener
+    /// stays open while admitted work finishes, at least `drain_delay`).
+    pub draining: AtomicBool,
+    /// Unix time the server started (the model's `created`).
+    pub created: u64,
+    /// Open `/v1/stream` WebSockets (per-key limit, closed on shutdown).
+    pub streams: Arc<StreamRegistry>,
+}
+
+impl AppState {
+    /// The state of a server that starts now with `queue`.
+    pub fn new(config: ServerConfig, queue: Arc<InferenceQueue>) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(config.max_queue)),
+            decode_slots: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+            streams: StreamRegistry::new(config.max_streams_per_key),
+            config,
+            queue,
+            draining: AtomicBool::new(false),
+            created: unix_now(),
+        }
+    }
+
+    /// The model, if it is ready and the server is not shutting down; else 503
+    /// (`shutting_down`, `not_ready` or `model_unavailable`, with `Retry-After`).
+    pub fn ready(&self) -> ApiResult<Arc<ModelInfo>> {
+        if self.draining.load(Ordering::Relaxed) || self.streams.is_shut_down() {
+            return Err(ApiError::unavailable("shutting_down", "the server is shutting down"));
+        }
+        match self.queue.state() {
+            ModelState::Ready(info) => Ok(info),
+            ModelState::Loading => Err(ApiError::unavailable("not_ready", "the model is still loading; retry shortly")),
+            ModelState::Failed(_) => Err(ApiError::unavailable("model_unavailable", "the model failed to load")),
+        }
+    }
+
+    /// Takes `n` admission slots (one per image, released when the permit drops) or answers
+    /// 429 `queue_full` at once.
+    pub fn admit(&self, n: usize) -> ApiResult<OwnedSemaphorePermit> {
+        let permit = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.permits.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
+                ApiError::queue_full()
+            })?;
+        self.record_in_flight();
+        Ok(permit)
+    }
+
+    /// Images admitted (decoding, queued or in inference).
+    pub fn in_flight(&self) -> usize {
+        self.config.max_queue.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Sets the `rtdetr_in_flight_images` gauge.
+    pub fn record_in_flight(&self) {
+        metrics::gauge!(m::IN_FLIGHT).set(self.in_flight() as f64);
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Open streams per API key, and the shutdown signal for all of them.
+pub struct StreamRegistry {
+    max_per_key: usize,
+    open: Mutex<HashMap<Option<usize>, usize>>,
+    live: watch::Sender<usize>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl StreamRegistry {
+    pub fn new(max_per_key: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_per_key: max_per_key.max(1),
+            open: Mutex::default(),
+            live: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Open stream connections.
+    pub fn open_streams(&self) -> usize {
+        *self.live.borrow()
+    }
+
+    /// Takes a slot for `key` (`None`: no keys configured), or `None` when it has
+    /// `max_per_key` streams open.
+    pub(crate) fn try_open(self: &Arc<Self>, key: Option<usize>) -> Option<StreamSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max_per_key {
+            return None;
+        }
+        *n += 1;
+        drop(open);
+        self.live.send_modify(|n| *n += 1);
+        metrics::gauge!(m::STREAM_CONNECTIONS).set(self.open_streams() as f64);
+        Some(StreamSlot { registry: self.clone(), key })
+    }
+
+    /// Asks every open stream to close (1001) and refuses new ones.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Resolves once [`shutdown`](Self::shutdown) is called.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Waits until every stream has closed, at most `timeout`.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        let mut rx = self.live.subscribe();
+        let closed = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+        matches!(closed, Ok(Ok(_)))
+    }
+}
+
+/// One open stream, released on drop.
+pub(crate) struct StreamSlot {
+    registry: Arc<StreamRegistry>,
+    key: Option<usize>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.registry.open.lock() {
+            if let Some(n) = open.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&self.key);
+                }
+            }
+        }
+        self.registry.live.send_modify(|n| *n = n.saturating_sub(1));
+        metrics::gauge!(m::STREAM_CONNECTIONS).set(self.registry.open_streams() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn registry_limits_per_key() {
+        let r = StreamRegistry::new(2);
+        let a1 = r.try_open(Some(0)).unwrap();
+        let _a2 = r.try_open(Some(0)).unwrap();
+        assert!(r.try_open(Some(0)).is_none());
+        let _b = r.try_open(Some(1)).unwrap();
+        assert_eq!(r.open_streams(), 3);
+        drop(a1);
+        assert!(r.try_open(Some(0)).is_some());
+        assert!(!r.wait_closed(Duration::from_millis(10)).await);
+    }
+}

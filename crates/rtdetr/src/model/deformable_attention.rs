@@ -1,0 +1,93 @@
+//! Multi-scale deformable cross-attention (`RTDetrMultiscaleDeformableAttention`): each
+//! query predicts sampling offsets and attention weights per head, level and point around
+//! its reference box, and reads the encoder memory there.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::io::config::{Activation, RtDetrConfig};
+use crate::io::weights::Weights;
+use crate::kernels::deform_sample::{sample_memory, MsdaDims};
+use crate::kernels::dispatch::with_f32;
+use crate::kernels::ops::softmax_rows;
+use crate::model::layers::Linear;
+
+/// Sampling offsets, attention weights, value and output projections under `key`.
+pub struct DeformableAttention {
+    sampling_offsets: Linear,
+    attention_weights: Linear,
+    value_proj: Linear,
+    output_proj: Linear,
+    heads: usize,
+    /// Sampling points on each level.
+    points: Vec<usize>,
+}
+
+impl DeformableAttention {
+    pub fn load(w: &Weights, key: &str, cfg: &RtDetrConfig) -> Result<Self> {
+        let d = cfg.d_model;
+        let (h, l, p) = (cfg.decoder_attention_heads, cfg.num_feature_levels, cfg.decoder_n_points);
+        Ok(Self {
+            sampling_offsets: Linear::load(w, &format!("{key}.sampling_offsets"), d, h * l * p * 2)?,
+            attention_weights: Linear::load(w, &format!("{key}.attention_weights"), d, h * l * p)?,
+            value_proj: Linear::load(w, &format!("{key}.value_proj"), d, d)?,
+            output_proj: Linear::load(w, &format!("{key}.output_proj"), d, d)?,
+            heads: h,
+            points: vec![p; l],
+        })
+    }
+
+    /// `query`: (B, Q, D) with position embedding added; `reference`: (B, Q, 4) cxcywh in
+    /// [0, 1]; `memory`: (B, S, D) flattened levels of `shapes`. Returns
+    /// `output_proj(attention) + residual`.
+    pub fn forward(
+        &self,
+        query: &Tensor,
+        reference: &Tensor,
+        memory: &Tensor,
+        shapes: &[(usize, usize)],
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, q, d) = query.dims3()?;
+        let h = self.heads;
+        let per_head: usize = self.points.iter().sum();
+        let s = memory.dim(1)?;
+        let (mut locations, weights) = with_f32(query, |qs| {
+            let offsets = self.sampling_offsets.run(qs, b * q, None, Activation::Identity);
+            let mut weights = self.attention_weights.run(qs, b * q, None, Activation::Identity);
+            softmax_rows(&mut weights, per_head);
+            (offsets, weights)
+        })?;
+        // sampling_locations = ref_xy + offsets / P_l * ref_wh * 0.5 (reference's order of ops).
+        let divisors: Vec<f32> = self.points.iter().flat_map(|&p| std::iter::repeat_n(p as f32, p)).collect();
+        with_f32(reference, |refs| {
+            for bq in 0..b * q {
+                let r = &refs[bq * 4..bq * 4 + 4];
+                for k in 0..h * per_head {
+                    let i = (bq * h * per_head + k) * 2;
+                    let p = divisors[k % per_head];
+                    locations[i] = r[0] + locations[i] / p * r[2] * 0.5;
+                    locations[i + 1] = r[1] + locations[i + 1] / p * r[3] * 0.5;
+                }
+            }
+        })?;
+        let dims = MsdaDims { batch: b, queries: q, heads: h, head_dim: d / h };
+        // Sample the memory, then project the samples per head: the same sums as projecting
+        // every memory position first (see `sample_memory`).
+        let started = crate::kernels::flops::start();
+        let (sampled, in_bounds) =
+            with_f32(memory, |m| sample_memory(m, shapes, &self.points, &locations, &weights, dims))?;
+        let out = self.value_proj.run_per_head(&sampled, b * q, h, &in_bounds);
+        // The model's nominal cost: the value projection of all S positions, then the
+        // four bilinear corners per sample.
+        let flops = 2 * (b * s * d * d) as u64 + (8 * weights.len() * (d / h)) as u64;
+        crate::kernels::flops::add(flops);
+        crate::kernels::flops::record(
+            started,
+            || format!("deformable attention {h}x{} {b}x{q}x{per_head}", d / h),
+            flops,
+        );
+        let out = Tensor::from_vec(out, (b, q, d), query.device())?;
+        self.output_proj.forward_with(&out, Some(residual), Activation::Identity)
+    }
+}

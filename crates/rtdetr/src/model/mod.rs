@@ -1,0 +1,105 @@
+//! The networks, one file per stage, weights addressed by their Hugging Face key paths.
+//!
+//! [`Model`] is the seam between architectures: one variant per `model_type` of
+//! config.json ([`ModelConfig`]), each built from stages that the variants share where the
+//! reference shares them (backbone, hybrid encoder, query selection, attention and
+//! feed-forward blocks, deformable attention with per-level point counts).
+
+pub(crate) mod attention;
+pub(crate) mod backbone;
+pub(crate) mod decoder;
+pub(crate) mod deformable_attention;
+pub(crate) mod encoder;
+pub(crate) mod layers;
+pub(crate) mod query_selection;
+pub(crate) mod rtdetr;
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::io::config::ModelConfig;
+use crate::io::weights::Weights;
+
+/// Intermediate tensors of one forward pass, for stage-by-stage parity checks.
+#[derive(Default)]
+pub struct Trace {
+    pub backbone: Vec<Tensor>,
+    pub encoder: Vec<Tensor>,
+    /// (B, Q) indices of the selected encoder positions.
+    pub topk_indices: Vec<Vec<usize>>,
+    /// (B, Q, C) encoder class logits of the selected positions.
+    pub enc_topk_logits: Option<Tensor>,
+    /// (B, Q, 4) sigmoid of the selected positions' box logits.
+    pub enc_topk_boxes: Option<Tensor>,
+}
+
+/// One decoder layer's predictions.
+pub struct LayerOutput {
+    /// (B, Q, num_labels) class logits.
+    pub logits: Tensor,
+    /// (B, Q, 4) boxes, normalized cxcywh.
+    pub boxes: Tensor,
+}
+
+/// Raw network output.
+pub struct ModelOutput {
+    /// (B, Q, C) class logits of the last executed decoder layer.
+    pub logits: Tensor,
+    /// (B, Q, 4) normalized cxcywh boxes of the last executed decoder layer.
+    pub boxes: Tensor,
+    /// Every executed decoder layer's logits and boxes.
+    pub layers: Vec<LayerOutput>,
+    pub trace: Option<Trace>,
+}
+
+/// Seconds spent in each stage of one forward pass.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StageTimes {
+    pub backbone: f64,
+    pub encoder: f64,
+    pub query_selection: f64,
+    pub decoder: f64,
+}
+
+/// A loaded network, one variant per architecture.
+pub enum Model {
+    /// RT-DETR (`model_type: "rt_detr"`).
+    RtDetr(rtdetr::RtDetr),
+}
+
+impl Model {
+    pub(crate) fn load(cfg: &ModelConfig, weights: &Weights) -> Result<Self> {
+        match cfg {
+            ModelConfig::RtDetr(c) => Ok(Model::RtDetr(rtdetr::RtDetr::load(c, weights)?)),
+        }
+    }
+
+    /// Decoder layers the checkpoint has.
+    pub fn num_decoder_layers(&self) -> usize {
+        match self {
+            Model::RtDetr(m) => m.num_decoder_layers(),
+        }
+    }
+
+    /// The stride the input's sides must be multiples of.
+    pub fn max_stride(&self) -> usize {
+        match self {
+            Model::RtDetr(m) => m.max_stride(),
+        }
+    }
+
+    /// Runs the network on (B, 3, H, W) pixels (H and W multiples of [`Model::max_stride`])
+    /// using the first `decoder_layers` decoder layers (all when `None`), adding each
+    /// stage's time to `times`; `trace` keeps the intermediate tensors.
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        decoder_layers: Option<usize>,
+        trace: bool,
+        times: &mut StageTimes,
+    ) -> Result<ModelOutput> {
+        match self {
+            Model::RtDetr(m) => m.forward(pixels, decoder_layers, trace, times),
+        }
+    }
+}

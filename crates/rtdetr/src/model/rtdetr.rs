@@ -1,0 +1,153 @@
+//! RT-DETR (`RTDetrForObjectDetection` at inference): ResNet-vd backbone → hybrid encoder →
+//! query selection → deformable-attention decoder.
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::io::config::{Activation, RtDetrConfig};
+use crate::io::weights::Weights;
+use crate::kernels::tensor_ops::flatten_levels;
+use crate::model::backbone::Backbone;
+use crate::model::decoder::Decoder;
+use crate::model::encoder::HybridEncoder;
+use crate::model::layers::ConvBn;
+use crate::model::query_selection::{gather_rows, QuerySelection};
+use crate::model::{ModelOutput, StageTimes, Trace};
+
+pub struct RtDetr {
+    cfg: RtDetrConfig,
+    backbone: Backbone,
+    encoder: HybridEncoder,
+    decoder_input_proj: Vec<ConvBn>,
+    query_selection: QuerySelection,
+    decoder: Decoder,
+}
+
+impl RtDetr {
+    pub fn load(cfg: &RtDetrConfig, w: &Weights) -> Result<Self> {
+        let backbone = Backbone::load(w, &cfg.backbone(), "model.backbone.model")?;
+        if backbone.out_channels() != cfg.encoder_in_channels.as_slice() {
+            return Err(Error::Config(format!(
+                "encoder_in_channels {:?} do not match the backbone's output channels {:?}",
+                cfg.encoder_in_channels,
+                backbone.out_channels()
+            )));
+        }
+        let encoder = HybridEncoder::load(w, cfg, backbone.out_channels())?;
+        let d = cfg.d_model;
+        let mut decoder_input_proj = Vec::new();
+        let mut c_in = cfg.encoder_hidden_dim;
+        for (i, &c) in cfg.decoder_in_channels.iter().enumerate() {
+            c_in = c;
+            decoder_input_proj.push(ConvBn::load(
+                w,
+                &format!("model.decoder_input_proj.{i}.0"),
+                &format!("model.decoder_input_proj.{i}.1"),
+                c,
+                d,
+                1,
+                1,
+                0,
+                cfg.batch_norm_eps,
+                Activation::Identity,
+            )?);
+        }
+        for i in cfg.decoder_in_channels.len()..cfg.num_feature_levels {
+            decoder_input_proj.push(ConvBn::load(
+                w,
+                &format!("model.decoder_input_proj.{i}.0"),
+                &format!("model.decoder_input_proj.{i}.1"),
+                c_in,
+                d,
+                3,
+                2,
+                1,
+                cfg.batch_norm_eps,
+                Activation::Identity,
+            )?);
+            c_in = d;
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            backbone,
+            encoder,
+            decoder_input_proj,
+            query_selection: QuerySelection::load(w, d, cfg.num_labels(), cfg.num_queries, cfg.layer_norm_eps)?,
+            decoder: Decoder::load(w, cfg)?,
+        })
+    }
+
+    pub fn num_decoder_layers(&self) -> usize {
+        self.decoder.num_layers()
+    }
+
+    pub fn max_stride(&self) -> usize {
+        *self.cfg.feat_strides.iter().max().unwrap_or(&32)
+    }
+
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        decoder_layers: Option<usize>,
+        trace: bool,
+        times: &mut StageTimes,
+    ) -> Result<ModelOutput> {
+        let (_, c, h, w) = pixels.dims4()?;
+        let stride = self.max_stride();
+        if c != 3 || h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "input must be (B, 3, H, W) with H and W multiples of {stride}, got {:?}",
+                pixels.dims()
+            )));
+        }
+        let depth = match decoder_layers {
+            None => self.decoder.num_layers(),
+            Some(n) if n >= 1 && n <= self.decoder.num_layers() => n,
+            Some(n) => {
+                return Err(Error::InvalidArgument(format!(
+                    "decoder layers must be in 1..={}, got {n}",
+                    self.decoder.num_layers()
+                )))
+            }
+        };
+        let mut tr = trace.then(Trace::default);
+        let t0 = std::time::Instant::now();
+        let feats = self.backbone.forward(pixels)?;
+        let t1 = std::time::Instant::now();
+        let enc = self.encoder.forward(&feats)?;
+        let t2 = std::time::Instant::now();
+        if let Some(tr) = tr.as_mut() {
+            tr.backbone = feats;
+            tr.encoder = enc.clone();
+        }
+
+        // Decoder inputs: project each level and flatten to (B, S, D).
+        let mut sources = Vec::new();
+        for (i, p) in self.decoder_input_proj.iter().enumerate() {
+            let src = match enc.get(i).or(enc.last()) {
+                Some(s) => s,
+                None => return Err(Error::Internal("the encoder returned no feature map".into())),
+            };
+            sources.push(p.forward(src)?);
+        }
+        let shapes: Vec<(usize, usize)> =
+            sources.iter().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0))).collect();
+        let memory = flatten_levels(&sources)?;
+
+        let sel = self.query_selection.forward(&memory, &shapes)?;
+        if let Some(tr) = tr.as_mut() {
+            tr.enc_topk_logits = Some(gather_rows(&sel.enc_class, &sel.topk)?);
+            tr.enc_topk_boxes = Some(candle_nn::ops::sigmoid(&sel.reference_unact)?);
+            tr.topk_indices = sel.topk.clone();
+        }
+        let t3 = std::time::Instant::now();
+        let layers = self.decoder.forward(&sel.target, &sel.reference_unact, &memory, &shapes, depth)?;
+        let t4 = std::time::Instant::now();
+        times.backbone += (t1 - t0).as_secs_f64();
+        times.encoder += (t2 - t1).as_secs_f64();
+        times.query_selection += (t3 - t2).as_secs_f64();
+        times.decoder += (t4 - t3).as_secs_f64();
+        let last = layers.last().ok_or_else(|| Error::Internal("no decoder layer ran".into()))?;
+        Ok(ModelOutput { logits: last.logits.clone(), boxes: last.boxes.clone(), layers, trace: tr })
+    }
+}
