@@ -11,6 +11,8 @@ pub mod dispatch;
 pub mod flops;
 pub mod ops;
 pub mod sgemm;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_avx2;
 pub mod tensor_ops;
 pub mod winograd;
 

@@ -1,5 +1,10 @@
 //! f32 matrix products with a layer's weight packed once at load, for the convolutions
-//! (im2col, 1×1 and the Winograd-domain products) on CPUs with AVX-512.
+//! (im2col, 1×1 and the Winograd-domain products) and linear layers, on CPUs with AVX-512
+//! or AVX2 + FMA.
+//!
+//! This file holds the weight packing and the blocking driver ([`drive`]), which know
+//! nothing of the instruction set; each micro-kernel ([`MicroKernel`]: `x86` for AVX-512,
+//! `sgemm_avx2` for AVX2 + FMA) computes one block of C and knows nothing of the model.
 //!
 //! `C[r][j] = Σ_k W[r][k] · B[k][j]`: W (rows × kdim) is stored as panels of MR rows,
 //! k-major, so the micro-kernel broadcasts its six weights per k from one 24-byte line; B
@@ -17,11 +22,6 @@ use crate::kernels::dispatch::{self, AddAt};
 
 /// Rows of C per micro-kernel call (one weight panel).
 pub const MR: usize = 6;
-/// Columns per chunk (four 16-lane vectors).
-const NC: usize = 64;
-/// Values of k per block: the chunk's B rows (KC × 256 bytes) stay in L2 while every
-/// row panel of the weights passes over them.
-const KC: usize = 512;
 
 /// A weight matrix (rows × kdim) as panels of [`MR`] rows, k-major:
 /// `panels[(p·kdim + k)·MR + i] = W[p·MR + i][k]` (zero past the last row).
@@ -64,9 +64,10 @@ impl PackedWeights {
     }
 }
 
-/// Whether this CPU runs the kernel (AVX-512 F); elsewhere callers use the `gemm` crate.
+/// Whether this CPU runs one of the micro-kernels (AVX-512 F, or AVX2 + FMA); elsewhere
+/// callers use the `gemm` crate.
 pub fn available() -> bool {
-    dispatch::isa() == dispatch::Isa::V4
+    dispatch::isa() != dispatch::Isa::Portable
 }
 
 /// A bias added to C: one value per row (a convolution's output channel) or per column
@@ -152,22 +153,218 @@ pub unsafe fn gemm(
     assert!(r0.is_multiple_of(MR) && r0 + nrows <= w.rows, "weight rows");
     epi.check(nrows, cols);
     debug_check_operands(available, w.kdim, nrows, b, b_stride, cols, dst, dst_stride);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has AVX-512F and the operands are as documented (the caller's
-    // promise); the weight rows and the bias lengths were asserted above.
-    unsafe {
-        x86::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi)
+    // SAFETY: the micro-kernel of this CPU's instruction set (the caller's promise:
+    // `available()`), operands as documented; the weight rows and the bias lengths were
+    // asserted above.
+    unsafe { gemm_on(dispatch::isa(), w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi) }
+}
+
+/// [`gemm`] on the micro-kernel of `isa` (tests run every kernel the CPU can).
+///
+/// # Safety
+/// As [`gemm`], with a CPU that has `isa` (V4 or V3), after `gemm`'s assertions.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_on(
+    isa: dispatch::Isa,
+    w: &PackedWeights,
+    r0: usize,
+    nrows: usize,
+    b: *const f32,
+    b_stride: usize,
+    cols: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    epi: Epilogue,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (the caller's promise); operands as for `gemm`.
+        dispatch::Isa::V4 => unsafe { x86::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (the caller's promise); operands as for `gemm`.
+        dispatch::Isa::V3 => unsafe { super::sgemm_avx2::gemm(w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi) },
+        _ => {
+            let _ = (w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi);
+            unreachable!("the packed f32 kernels need AVX2 + FMA or AVX-512; check available()")
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (b, b_stride, cols, dst, dst_stride, epi);
-        unreachable!("the packed f32 kernel is x86-64 only; check available()")
+}
+
+/// The part of an epilogue applied in registers to one block of C.
+#[derive(Clone, Copy)]
+pub(crate) struct Tail {
+    /// At the block's first row, or (true) its first column.
+    pub(crate) bias: Option<(*const f32, bool)>,
+    /// At the block's origin, dst's stride.
+    pub(crate) residual: Option<(*const f32, AddAt)>,
+    /// Applied in registers (with an AfterAct residual) when [`in_registers`]; else only
+    /// the bias and a BeforeAct residual are, and [`finish_block`] does the rest.
+    pub(crate) act: Activation,
+}
+
+impl Tail {
+    /// For the block at row r, column j0 of a call with this epilogue.
+    ///
+    /// # Safety
+    /// The epilogue's bias covers row r (row bias) or column j0 (column bias), and its
+    /// residual, laid out like the call's dst with row stride `dst_stride`, covers row
+    /// r, column j0.
+    #[inline(always)]
+    pub(crate) unsafe fn at(epi: &Epilogue, r: usize, j0: usize, dst_stride: usize) -> Self {
+        Tail {
+            bias: epi.bias.map(|b| match b {
+                // SAFETY: r is inside the row bias (the caller's promise).
+                Bias::Rows(v) => (unsafe { v.as_ptr().add(r) }, false),
+                // SAFETY: j0 is inside the column bias (the caller's promise).
+                Bias::Cols(v) => (unsafe { v.as_ptr().add(j0) }, true),
+            }),
+            // SAFETY: (r, j0) is inside the residual (the caller's promise).
+            residual: epi.residual.map(|(p, at)| (unsafe { p.add(r * dst_stride + j0) }, at)),
+            act: epi.act,
+        }
     }
+}
+
+/// One block of C for a micro-kernel: at most [`MR`] rows by `K::NC` columns.
+#[derive(Clone, Copy)]
+pub(crate) struct Block {
+    /// Weight panel at k0 (MR values per k).
+    pub(crate) a: *const f32,
+    pub(crate) kc: usize,
+    /// B at (k0, j0).
+    pub(crate) b: *const f32,
+    pub(crate) b_stride: usize,
+    pub(crate) out: *mut f32,
+    pub(crate) dst_stride: usize,
+    pub(crate) rows: usize,
+    pub(crate) ncols: usize,
+    /// Overwrite C (else accumulate onto it).
+    pub(crate) first: bool,
+    /// The epilogue's part in registers, on the last k block.
+    pub(crate) tail: Option<Tail>,
+}
+
+/// A micro-kernel of the packed products: one instruction set's block of C.
+pub(crate) trait MicroKernel {
+    /// Columns per block.
+    const NC: usize;
+    /// Values of k per pass over a block: the chunk's B rows stay in cache while every
+    /// row panel of the weights passes over them.
+    const KC: usize;
+    /// Copy each KC × NC block of B into a contiguous buffer before the row panels read
+    /// it: B's rows are often a power-of-two multiple of 1 KiB apart (im2col tiles,
+    /// feature maps), so read in place they fall into the same L1 sets and evict each
+    /// other; a small L1 (AVX2 machines) loses the block between panels.
+    const PACK_B: bool;
+    /// C block (+)= panel · B block, then the tail's part of the epilogue.
+    ///
+    /// # Safety
+    /// The CPU has the kernel's instruction set; `1 <= x.rows <= MR`,
+    /// `1 <= x.ncols <= NC`; `x.a` points at `x.kc`·MR readable weights; `x.b` at `x.kc`
+    /// rows of `x.ncols` readable f32s, `x.b_stride` apart; `x.out` at `x.rows` rows of
+    /// `x.ncols` f32s, `x.dst_stride` apart, that only this thread accesses; the tail's
+    /// bias and residual cover the block (as [`Tail::at`] makes them).
+    unsafe fn block(x: Block);
+}
+
+/// The blocking driver shared by the micro-kernels: 64- or 16-column chunks of B, blocks
+/// of KC values of k, and the weight's row panels over each; the rest of the epilogue on
+/// each finished block while it is in L1.
+///
+/// # Safety
+/// As [`gemm`] (after its assertions), on a CPU with `K`'s instruction set; inlined into
+/// a function compiled for it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn drive<K: MicroKernel>(
+    w: &PackedWeights,
+    r0: usize,
+    nrows: usize,
+    b: *const f32,
+    b_stride: usize,
+    cols: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    epi: Epilogue,
+) {
+    let kdim = w.kdim;
+    let p0 = r0 / MR;
+    debug_assert!(r0.is_multiple_of(MR) && r0 + nrows <= w.rows, "weight rows");
+    // One panel reads the block once: packing it would only add a copy.
+    let pack_b = K::PACK_B && nrows > MR && kdim > 0;
+    let mut packed = Vec::new();
+    if pack_b {
+        packed = PACKED_B.take();
+        packed.resize(K::KC * K::NC, 0.0);
+    }
+    for j0 in (0..cols).step_by(K::NC) {
+        let ncols = K::NC.min(cols - j0);
+        let mut k0 = 0;
+        // kdim == 0 still needs one pass to write bias-only rows.
+        loop {
+            let kc = K::KC.min(kdim - k0);
+            let (first, last) = (k0 == 0, k0 + kc == kdim);
+            // SAFETY: row k0 < kdim (or 0), column j0 < cols: inside b's rows (the
+            // caller's promise, which covers kdim 0).
+            let mut bk = unsafe { b.add(k0 * b_stride + j0) };
+            let mut bk_stride = b_stride;
+            if pack_b {
+                debug_assert!(kc * K::NC <= packed.len() && ncols <= K::NC, "packed block size");
+                for k in 0..kc {
+                    // SAFETY: rows k0 + k < kdim of b hold `ncols` readable f32s from
+                    // column j0 (the caller's promise); row k of `packed` holds NC >= ncols
+                    // (checked in debug builds); the two do not overlap (`packed` is ours).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(bk.add(k * b_stride), packed.as_mut_ptr().add(k * K::NC), ncols)
+                    };
+                }
+                (bk, bk_stride) = (packed.as_ptr(), K::NC);
+            }
+            let mut r = 0;
+            while r < nrows {
+                let m = MR.min(nrows - r);
+                let start = ((p0 + r / MR) * kdim + k0) * MR;
+                debug_assert!(start + kc * MR <= w.panels.len(), "weight panel out of bounds");
+                // SAFETY: panel p0 + r / MR holds rows r0 + r.. < w.rows (asserted by the
+                // caller; r0 is a multiple of MR), at k0 <= kdim: inside `panels`
+                // (rows.div_ceil(MR)·MR·kdim values), as checked in debug builds above.
+                let a = unsafe { w.panels.as_ptr().add(start) };
+                // SAFETY: row r < nrows, column j0 < cols of dst (the caller's promise).
+                let out = unsafe { dst.add(r * dst_stride + j0) };
+                // SAFETY: the bias covers the call's rows or columns (asserted by
+                // `Epilogue::check`) and the residual is laid out like dst.
+                let tail = last.then(|| unsafe { Tail::at(&epi, r, j0, dst_stride) });
+                let block = Block { a, kc, b: bk, b_stride: bk_stride, out, dst_stride, rows: m, ncols, first, tail };
+                // SAFETY: the CPU has K's instruction set (the caller's promise); the block
+                // is m <= MR rows by ncols <= NC columns at (r, j0) of dst, with its weight
+                // panel from k0 and kc rows of b from k0: all inside the operands as shown
+                // above.
+                unsafe { K::block(block) };
+                if last {
+                    // SAFETY: the same block of dst, and the call's epilogue.
+                    unsafe { finish_block(out, dst_stride, m, ncols, &epi, r, j0) };
+                }
+                r += m;
+            }
+            k0 += kc;
+            if k0 >= kdim {
+                break;
+            }
+        }
+    }
+    if pack_b {
+        PACKED_B.set(packed);
+    }
+}
+
+thread_local! {
+    /// The packed block of B of [`drive`], reused across calls on each thread.
+    static PACKED_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Whether the kernel applies the whole epilogue in registers (else it adds bias and a
 /// BeforeAct residual, and [`finish_block`] the rest).
-fn in_registers(act: Activation) -> bool {
+pub(crate) fn in_registers(act: Activation) -> bool {
     matches!(act, Activation::Identity | Activation::Relu)
 }
 
@@ -218,7 +415,7 @@ pub(crate) unsafe fn finish_block(
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{finish_block, in_registers, Bias, Epilogue, PackedWeights, KC, MR, NC};
+    use super::{drive, in_registers, Block, Epilogue, MicroKernel, PackedWeights, MR};
     use crate::io::config::Activation;
     use crate::kernels::dispatch::AddAt;
 
@@ -238,78 +435,32 @@ pub(crate) mod x86 {
         dst_stride: usize,
         epi: Epilogue,
     ) {
-        let kdim = w.kdim;
-        let p0 = r0 / MR;
-        for j0 in (0..cols).step_by(NC) {
-            let ncols = NC.min(cols - j0);
-            let mut k0 = 0;
-            // kdim == 0 still needs one pass to write bias-only rows.
-            loop {
-                let kc = KC.min(kdim - k0);
-                let (first, last) = (k0 == 0, k0 + kc == kdim);
-                // SAFETY: row k0 < kdim (or 0), column j0 < cols: inside b's rows (the
-                // caller's promise, which covers kdim 0).
-                let bk = unsafe { b.add(k0 * b_stride + j0) };
-                let mut r = 0;
-                while r < nrows {
-                    let m = MR.min(nrows - r);
-                    // SAFETY: panel p0 + r / MR holds rows r0 + r.. < w.rows (asserted by
-                    // the caller; r0 is a multiple of MR), at k0 <= kdim: inside `panels`
-                    // (rows.div_ceil(MR)·MR·kdim values).
-                    let a = unsafe { w.panels.as_ptr().add(((p0 + r / MR) * kdim + k0) * MR) };
-                    // SAFETY: row r < nrows, column j0 < cols of dst (the caller's promise).
-                    let out = unsafe { dst.add(r * dst_stride + j0) };
-                    // SAFETY: the bias covers the call's rows or columns (asserted by
-                    // `Epilogue::check`) and the residual is laid out like dst.
-                    let tail = last.then(|| unsafe { Tail::at(&epi, r, j0, dst_stride) });
-                    let args = Args { a, kc, b: bk, b_stride, out, dst_stride, ncols, first, tail };
-                    // SAFETY: AVX-512F (this function's feature, the caller's promise); the
-                    // block is m <= MR rows by ncols <= 64 columns at (r, j0) of dst, with
-                    // its weight panel from k0 and kc rows of b from k0: all inside the
-                    // operands as shown above.
-                    unsafe { dispatch(m, ncols.div_ceil(16), args) };
-                    if last {
-                        // SAFETY: the same block of dst, and the call's epilogue.
-                        unsafe { finish_block(out, dst_stride, m, ncols, &epi, r, j0) };
-                    }
-                    r += m;
-                }
-                k0 += kc;
-                if k0 >= kdim {
-                    break;
-                }
-            }
+        // SAFETY: AVX-512F (this function's feature), operands as `gemm` requires.
+        unsafe { drive::<Avx512>(w, r0, nrows, b, b_stride, cols, dst, dst_stride, epi) }
+    }
+
+    /// The AVX-512 micro-kernel: MR × 64 blocks (four 16-lane vectors per row) in 24
+    /// registers.
+    struct Avx512;
+
+    impl MicroKernel for Avx512 {
+        /// Four 16-lane vectors.
+        const NC: usize = 64;
+        /// The chunk's B rows (KC × 256 bytes) stay in L2.
+        const KC: usize = 512;
+        /// Measured on Zen 4: the 1 MiB L2 keeps the block read in place.
+        const PACK_B: bool = false;
+
+        #[inline(always)]
+        unsafe fn block(x: Block) {
+            // SAFETY: the caller's promise (MicroKernel::block's contract), with
+            // NV = ⌈ncols / 16⌉ vectors.
+            unsafe { dispatch(x.rows, x.ncols.div_ceil(16), x) }
         }
     }
 
-    #[derive(Clone, Copy)]
-    struct Args {
-        /// Weight panel at k0 (MR values per k).
-        a: *const f32,
-        kc: usize,
-        /// B at (k0, j0).
-        b: *const f32,
-        b_stride: usize,
-        out: *mut f32,
-        dst_stride: usize,
-        ncols: usize,
-        /// Overwrite C (else accumulate onto it).
-        first: bool,
-        /// The epilogue's part in registers, on the last k block.
-        tail: Option<Tail>,
-    }
-
-    /// The part of an epilogue applied in registers to one block of C.
-    #[derive(Clone, Copy)]
-    pub(crate) struct Tail {
-        /// At the block's first row, or (true) its first column.
-        bias: Option<(*const f32, bool)>,
-        /// At the block's origin, dst's stride.
-        residual: Option<(*const f32, AddAt)>,
-        /// Applied here (with an AfterAct residual) when [`in_registers`]; else only the
-        /// bias and a BeforeAct residual are, and [`finish_block`] does the rest.
-        act: Activation,
-    }
+    /// Re-exported for the bf16 kernel, which shares the epilogue.
+    pub(crate) use super::Tail;
 
     /// The kernel for m rows and nv vectors of columns (a tail chunk runs only the
     /// vectors it needs).
@@ -318,8 +469,8 @@ pub(crate) mod x86 {
     /// As [`kernel`], with `1 <= m <= MR` and `1 <= nv <= 4` its M and NV (asserted in
     /// debug builds).
     #[inline(always)]
-    unsafe fn dispatch(m: usize, nv: usize, args: Args) {
-        debug_assert!((1..=MR).contains(&m) && (1..=NC / 16).contains(&nv), "block {m} rows x {nv} vectors");
+    unsafe fn dispatch(m: usize, nv: usize, args: Block) {
+        debug_assert!((1..=MR).contains(&m) && (1..=4).contains(&nv), "block {m} rows x {nv} vectors");
         macro_rules! rows {
             ($nv:literal) => {
                 match m {
@@ -353,7 +504,7 @@ pub(crate) mod x86 {
     /// `x.ncols` f32s, `x.dst_stride` apart, that only this thread accesses; the tail's
     /// pointers as [`store`] requires.
     #[inline(always)]
-    unsafe fn kernel<const M: usize, const NV: usize>(x: Args) {
+    unsafe fn kernel<const M: usize, const NV: usize>(x: Block) {
         debug_assert!(M <= MR && x.ncols <= 16 * NV, "{M} rows x {} columns in {NV} vectors", x.ncols);
         let masks = lane_masks::<NV>(x.ncols);
         // SAFETY: AVX-512F (the caller's promise), as for every intrinsic below.
@@ -398,29 +549,6 @@ pub(crate) mod x86 {
     #[inline(always)]
     pub(crate) fn lane_masks<const NV: usize>(ncols: usize) -> [__mmask16; NV] {
         std::array::from_fn(|v| lane_mask(ncols.saturating_sub(v * 16)))
-    }
-
-    impl Tail {
-        /// For the block at row r, column j0 of a call with this epilogue.
-        ///
-        /// # Safety
-        /// The epilogue's bias covers row r (row bias) or column j0 (column bias), and its
-        /// residual, laid out like the call's dst with row stride `dst_stride`, covers row
-        /// r, column j0.
-        #[inline(always)]
-        pub(crate) unsafe fn at(epi: &Epilogue, r: usize, j0: usize, dst_stride: usize) -> Self {
-            Tail {
-                bias: epi.bias.map(|b| match b {
-                    // SAFETY: r is inside the row bias (the caller's promise).
-                    Bias::Rows(v) => (unsafe { v.as_ptr().add(r) }, false),
-                    // SAFETY: j0 is inside the column bias (the caller's promise).
-                    Bias::Cols(v) => (unsafe { v.as_ptr().add(j0) }, true),
-                }),
-                // SAFETY: (r, j0) is inside the residual (the caller's promise).
-                residual: epi.residual.map(|(p, at)| (unsafe { p.add(r * dst_stride + j0) }, at)),
-                act: epi.act,
-            }
-        }
     }
 
     /// Stores an M × 16·NV block of accumulators at `out` (row stride `stride`, lanes
@@ -506,8 +634,18 @@ mod tests {
         let skip_kernel = dispatch::skip_unless(
             available(),
             "kernels::sgemm::tests::matches_reference (kernel part; packing checked)",
-            "AVX-512F",
+            "AVX2 + FMA or AVX-512F",
         );
+        // Every micro-kernel this CPU runs: AVX2 on AVX2 and AVX-512 machines, AVX-512 on
+        // the latter.
+        let kernels: Vec<dispatch::Isa> = [dispatch::Isa::V4, dispatch::Isa::V3]
+            .into_iter()
+            .filter(|&k| match dispatch::isa() {
+                dispatch::Isa::V4 => true,
+                dispatch::Isa::V3 => k == dispatch::Isa::V3,
+                dispatch::Isa::Portable => false,
+            })
+            .collect();
         let mut rng = Rng(5);
         let acts = [Activation::Identity, Activation::Relu, Activation::Silu, Activation::Gelu];
         for (case, &(rows, kdim, cols, r0, nrows, b_extra)) in [
@@ -556,34 +694,51 @@ mod tests {
                         },
                         act,
                     };
-                    let mut dst = vec![f32::NAN; nrows * dst_stride];
-                    // SAFETY: available() checked; buffers sized as documented.
-                    unsafe { gemm(&packed, r0, nrows, b.as_ptr(), b_stride, cols, dst.as_mut_ptr(), dst_stride, epi) };
-                    for r in 0..nrows {
-                        for j in 0..cols {
-                            let dot: f64 =
-                                (0..kdim).map(|k| wt[(r0 + r) * kdim + k] as f64 * b[k * b_stride + j] as f64).sum();
-                            let v = dot as f32
-                                + match mode {
-                                    0 => 0.0,
-                                    4 => col_bias[j],
-                                    _ => bias[r],
+                    for &isa in &kernels {
+                        let mut dst = vec![f32::NAN; nrows * dst_stride];
+                        // SAFETY: the CPU has `isa` (filtered above); buffers sized as
+                        // documented.
+                        unsafe {
+                            gemm_on(
+                                isa,
+                                &packed,
+                                r0,
+                                nrows,
+                                b.as_ptr(),
+                                b_stride,
+                                cols,
+                                dst.as_mut_ptr(),
+                                dst_stride,
+                                epi,
+                            )
+                        };
+                        for r in 0..nrows {
+                            for j in 0..cols {
+                                let dot: f64 = (0..kdim)
+                                    .map(|k| wt[(r0 + r) * kdim + k] as f64 * b[k * b_stride + j] as f64)
+                                    .sum();
+                                let v = dot as f32
+                                    + match mode {
+                                        0 => 0.0,
+                                        4 => col_bias[j],
+                                        _ => bias[r],
+                                    };
+                                let res = residual[r * dst_stride + j];
+                                let want = match mode {
+                                    2 => dispatch::act(v + res, act),
+                                    3 => dispatch::act(v, act) + res,
+                                    _ => dispatch::act(v, act),
                                 };
-                            let res = residual[r * dst_stride + j];
-                            let want = match mode {
-                                2 => dispatch::act(v + res, act),
-                                3 => dispatch::act(v, act) + res,
-                                _ => dispatch::act(v, act),
-                            };
-                            let got = dst[r * dst_stride + j];
-                            let tol = 2e-6 * (kdim as f32).sqrt().max(1.0) * want.abs().max(1.0);
-                            assert!(
-                                (got - want).abs() <= tol,
-                                "case {case} act {ai} mode {mode} r{r} j{j}: {got} vs {want}"
-                            );
-                        }
-                        for j in cols..dst_stride {
-                            assert!(dst[r * dst_stride + j].is_nan(), "padding written");
+                                let got = dst[r * dst_stride + j];
+                                let tol = 2e-6 * (kdim as f32).sqrt().max(1.0) * want.abs().max(1.0);
+                                assert!(
+                                    (got - want).abs() <= tol,
+                                    "{isa:?} case {case} act {ai} mode {mode} r{r} j{j}: {got} vs {want}"
+                                );
+                            }
+                            for j in cols..dst_stride {
+                                assert!(dst[r * dst_stride + j].is_nan(), "padding written");
+                            }
                         }
                     }
                 }
