@@ -147,11 +147,25 @@ def machine_info():
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": model_name,
+        "cpu_class": cpu_class(flags),
         "logical_cpus": os.cpu_count(),
         "cpu_flags": [f for f in CPU_FLAGS if f in flags],
         "loadavg_at_start": load,
         "python": platform.python_version(),
     }
+
+
+def cpu_class(flags):
+    """The CPU class of the README's speed tables (one table per class)."""
+    if {"amx_tile", "amx_bf16"} <= flags:
+        return "Intel with AMX (AVX-512, AVX512-BF16, AMX-BF16)"
+    if {"avx512f", "avx512_bf16"} <= flags:
+        return "AVX-512 + AVX512-BF16 (e.g. AMD Zen 4)"
+    if "avx512f" in flags:
+        return "AVX-512 without bf16"
+    if {"avx2", "fma"} <= flags:
+        return "AVX2 + FMA only (e.g. AMD Zen 3)"
+    return "no AVX2"
 
 
 def versions():
@@ -425,6 +439,7 @@ def markdown(results, info, vers, bf16, args, rt_version):
              f"({info['date'][:10]})")
     L.append("")
     L.append(f"- Date: {info['date']}; loadavg at start: {info['loadavg_at_start']}")
+    L.append(f"- CPU class: **{info['cpu_class']}**")
     L.append(f"- CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs); flags: "
              f"{', '.join(info['cpu_flags']) or 'none of ' + ', '.join(CPU_FLAGS)}")
     L.append(f"- OpenVINO CPU OPTIMIZATION_CAPABILITIES: {', '.join(bf16['capabilities']) if bf16['capabilities'] else 'n/a'}"
