@@ -136,7 +136,8 @@ fn main() {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
         let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        eprintln!("error: internal error: {msg}{loc} (please report this)");
+        // Escaped: a panic message may quote client input, which must not forge log lines.
+        eprintln!("error: internal error: {}{loc} (please report this)", msg.escape_debug());
     }));
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {

@@ -22,7 +22,9 @@ use crate::error::ApiError;
 pub enum AddressPolicy {
     /// Only globally routable unicast addresses (the default).
     PublicOnly,
-    /// Anything but unspecified and multicast addresses (`--allow-private-urls`).
+    /// Private and loopback addresses too (`--allow-private-urls`), but never link-local
+    /// (169.254.0.0/16 with the cloud metadata service, fe80::/10), unspecified or multicast
+    /// addresses.
     AllowPrivate,
     /// A custom rule (tests: make one loopback port "public").
     Custom(Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>),
@@ -44,7 +46,11 @@ impl AddressPolicy {
             Self::PublicOnly => is_public_ip(addr.ip()),
             Self::AllowPrivate => {
                 let ip = canonical(addr.ip());
-                !ip.is_unspecified() && !ip.is_multicast()
+                let link_local = match ip {
+                    IpAddr::V4(v4) => v4.is_link_local(),
+                    IpAddr::V6(v6) => in_v6(v6, Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+                };
+                !ip.is_unspecified() && !ip.is_multicast() && !link_local
             }
             Self::Custom(f) => f(addr),
         }
@@ -368,6 +374,11 @@ mod tests {
         assert!(AddressPolicy::AllowPrivate.allows(lo));
         assert!(!AddressPolicy::AllowPrivate.allows(SocketAddr::new(ip("0.0.0.0"), 80)));
         assert!(!AddressPolicy::AllowPrivate.allows(SocketAddr::new(ip("::ffff:224.0.0.1"), 80)));
+        // Private networks yes, the cloud metadata service and other link-local addresses no.
+        assert!(AddressPolicy::AllowPrivate.allows(SocketAddr::new(ip("10.1.2.3"), 80)));
+        for meta in ["169.254.169.254", "169.254.0.1", "::ffff:169.254.169.254", "fe80::1", "febf::1"] {
+            assert!(!AddressPolicy::AllowPrivate.allows(SocketAddr::new(ip(meta), 80)), "{meta}");
+        }
         let only_81 = AddressPolicy::Custom(Arc::new(|a: SocketAddr| a.port() == 81));
         assert!(only_81.allows(SocketAddr::new(ip("127.0.0.1"), 81)) && !only_81.allows(lo));
     }

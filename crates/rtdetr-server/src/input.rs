@@ -30,8 +30,9 @@ pub fn parse_image_ref(s: &str, allow_raw_base64: bool, param: &str) -> Result<I
     if t.is_empty() {
         return Err(ApiError::bad_request("missing_image", "the image is empty").with_param(param));
     }
-    if t.len() >= 5 && t[..5].eq_ignore_ascii_case("data:") {
-        let (meta, data) = t[5..].split_once(',').ok_or_else(|| {
+    // `get` rather than slicing: byte 5 of client text need not be a character boundary.
+    if let Some(rest) = t.get(..5).filter(|p| p.eq_ignore_ascii_case("data:")).and(t.get(5..)) {
+        let (meta, data) = rest.split_once(',').ok_or_else(|| {
             ApiError::bad_request("invalid_image_url", "malformed data URL: no ',' before the data").with_param(param)
         })?;
         let mut parts = meta.split(';');
@@ -141,7 +142,15 @@ pub fn decode_and_prepare(
 
 /// Draws the detections and encodes a JPEG data URL.
 pub fn annotated_jpeg_data_url(image: &RgbImage, detections: &[rtdetr::Detection]) -> Result<String, ApiError> {
-    let canvas = rtdetr::io::draw::annotate(image, detections);
+    let mut canvas = rtdetr::io::draw::annotate(image, detections);
+    // JPEG stores each side in 16 bits: a longer side (a valid input, e.g. a 70000x100
+    // panorama) is scaled down to fit, keeping the aspect ratio.
+    let (w, h) = canvas.dimensions();
+    if w.max(h) > MAX_JPEG_SIDE {
+        let scale = f64::from(MAX_JPEG_SIDE) / f64::from(w.max(h));
+        let fit = |v: u32| ((f64::from(v) * scale).round() as u32).clamp(1, MAX_JPEG_SIDE);
+        canvas = image::imageops::resize(&canvas, fit(w), fit(h), image::imageops::FilterType::Triangle);
+    }
     let mut jpeg = Vec::new();
     let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
     canvas
@@ -150,9 +159,35 @@ pub fn annotated_jpeg_data_url(image: &RgbImage, detections: &[rtdetr::Detection
     Ok(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(&jpeg)))
 }
 
+/// The largest side a baseline JPEG can store.
+const MAX_JPEG_SIDE: u32 = 65_535;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_ascii_image_refs_are_client_errors() {
+        // Byte 5 inside a multi-byte character used to panic (a 500).
+        for s in ["abcdé", "éééé", "dataé:xx", "data\u{e9}", "ééééé,AAAA"] {
+            match parse_image_ref(s, true, "image") {
+                Ok(ImageSource::Base64(_)) => {}
+                other => panic!("{s:?}: {:?}", other.map(|_| ()).map_err(|e| e.status)),
+            }
+            assert_eq!(parse_image_ref(s, false, "image").unwrap_err().status, 400, "{s:?}");
+        }
+        assert!(decode_base64("abcdé", 1 << 20).is_err());
+    }
+
+    #[test]
+    fn annotated_images_longer_than_jpeg_allows_are_scaled_down() {
+        let img = RgbImage::from_pixel(70_000, 3, image::Rgb([10, 200, 30]));
+        let url = annotated_jpeg_data_url(&img, &[]).expect("a valid input is no server error");
+        let b64 = url.strip_prefix("data:image/jpeg;base64,").expect("a JPEG data URL");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let (w, h) = image::load_from_memory(&bytes).unwrap().to_rgb8().dimensions();
+        assert_eq!((w, h), (65_535, 3));
+    }
 
     #[test]
     fn image_refs() {

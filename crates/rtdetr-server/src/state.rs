@@ -122,7 +122,9 @@ impl StreamRegistry {
         *n += 1;
         drop(open);
         self.live.send_modify(|n| *n += 1);
-        metrics::gauge!(m::STREAM_CONNECTIONS).set(self.open_streams() as f64);
+        // Counted up and down rather than set from this registry: the gauge is the
+        // process's, and stays right with several servers in one process (tests).
+        metrics::gauge!(m::STREAM_CONNECTIONS).increment(1.0);
         Some(StreamSlot { registry: self.clone(), key })
     }
 
@@ -166,7 +168,7 @@ impl Drop for StreamSlot {
             }
         }
         self.registry.live.send_modify(|n| *n = n.saturating_sub(1));
-        metrics::gauge!(m::STREAM_CONNECTIONS).set(self.registry.open_streams() as f64);
+        metrics::gauge!(m::STREAM_CONNECTIONS).decrement(1.0);
     }
 }
 

@@ -260,6 +260,11 @@ async fn chat_completions_and_streaming() {
     let (s, _, v) = t.post_json("/v1/chat/completions", &chat_body(&[b64(&image_bytes("gray.png"))], json!({}))).await;
     assert_eq!(s, 400);
     assert_eq!(error_code(&v), "invalid_image_url");
+    // Non-ASCII at byte 5 of the URL once panicked (a 500).
+    for url in ["data\u{e9}:image/png;base64,AAAA", "\u{e9}\u{e9}\u{e9}\u{e9}"] {
+        let (s, _, v) = t.post_json("/v1/chat/completions", &chat_body(&[url.to_string()], json!({}))).await;
+        assert_eq!((s, error_code(&v).as_str()), (400, "invalid_image_url"), "{url}: {v}");
+    }
     let (s, _, v) = t.post_json("/v1/chat/completions", &chat_body(&urls[..1], json!({"threshold": -1}))).await;
     assert_eq!(s, 422);
     assert_eq!(v["error"]["param"], "threshold");
@@ -289,6 +294,9 @@ async fn bad_input_statuses() {
         // 415: a data URL of another media type.
         (format!("data:text/plain;base64,{}", b64(b"hello")), 415, "unsupported_media_type"),
         ("ftp://127.0.0.1/a.png".into(), 400, "invalid_url"),
+        // Non-ASCII at byte 5 (inside a character) once panicked: a 500.
+        ("abcd\u{e9}".into(), 400, "invalid_base64"),
+        ("\u{e9}\u{e9}\u{e9}\u{e9}".into(), 400, "invalid_base64"),
     ];
     for (image, status, code) in cases {
         let (s, _, v) = t.post_json("/v1/detections", &json!({ "image": image })).await;
