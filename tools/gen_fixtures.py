@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
-from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+from transformers import (
+    RTDetrConfig,
+    RTDetrForObjectDetection,
+    RTDetrResNetConfig,
+    RTDetrV2Config,
+    RTDetrV2ForObjectDetection,
+)
 from transformers.image_utils import load_image
 from transformers.models.rt_detr.image_processing_pil_rt_detr import RTDetrImageProcessorPil
 
@@ -134,6 +140,30 @@ FIXTURES = {
         ),
         size=(64, 64), seed=12, legacy=True,
     ),
+    # RT-DETRv2: bilinear sampling, 3 points per level, offset scale 0.5 (the default).
+    "tiny-v2": dict(
+        arch="v2",
+        backbone=dict(layer_type="bottleneck", depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=16),
+        model=dict(
+            encoder_in_channels=[64, 128, 256], encoder_hidden_dim=32, encoder_ffn_dim=64, encoder_attention_heads=4,
+            hidden_expansion=1.0, d_model=32, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=64,
+            decoder_layers=3, decoder_attention_heads=4, num_queries=30, num_labels=5,
+            decoder_n_points=3, decoder_offset_scale=0.5, decoder_method="default",
+        ),
+        size=(96, 64), seed=21, legacy=False,
+    ),
+    # RT-DETRv2 with discrete (nearest cell) sampling and another offset scale, 4.x key names.
+    "tiny-v2-discrete": dict(
+        arch="v2",
+        backbone=dict(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], embedding_size=16),
+        model=dict(
+            encoder_in_channels=[32, 64, 128], encoder_hidden_dim=32, encoder_ffn_dim=64, encoder_attention_heads=8,
+            hidden_expansion=0.5, d_model=32, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=48,
+            decoder_layers=2, decoder_attention_heads=8, num_queries=25, num_labels=4,
+            decoder_n_points=4, decoder_offset_scale=0.75, decoder_method="discrete",
+        ),
+        size=(64, 96), seed=22, legacy=True,
+    ),
 }
 
 FULL = {
@@ -154,11 +184,17 @@ def build(spec):
     bb = RTDetrResNetConfig(**spec["backbone"], out_features=["stage2", "stage3", "stage4"])
     m = dict(spec["model"])
     n = m.pop("num_labels")
-    cfg = RTDetrConfig(backbone_config=bb, num_labels=n, **m)
+    if spec.get("arch") == "v2":
+        # One head per decoder layer, as the Hub's checkpoints have (tied heads would
+        # leave layers 1.. untested).
+        cfg = RTDetrV2Config(backbone_config=bb, num_labels=n, tie_word_embeddings=False, **m)
+    else:
+        cfg = RTDetrConfig(backbone_config=bb, num_labels=n, **m)
     cfg.id2label = {i: f"class_{i}" for i in range(n)}
     cfg.label2id = {v: k for k, v in cfg.id2label.items()}
     torch.manual_seed(spec["seed"])
-    model = RTDetrForObjectDetection(cfg).eval()
+    cls = RTDetrV2ForObjectDetection if spec.get("arch") == "v2" else RTDetrForObjectDetection
+    model = cls(cfg).eval()
     healthy_init(model, spec["seed"])
     return model
 
@@ -273,7 +309,10 @@ def main():
         for name in args.full:
             make_fixture(name, FULL[name], Path(args.full_dir), images_dir, files, tiny=False)
         return
+    only = os.environ.get("FIXTURES")
     for name, spec in FIXTURES.items():
+        if only and name not in only.split(","):
+            continue
         make_fixture(name, spec, FIX, images_dir, files, tiny=True)
 
 

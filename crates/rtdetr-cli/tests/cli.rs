@@ -41,7 +41,14 @@ fn assert_clean_error(out: &Output, mentions: &str) {
 
 #[test]
 fn json_output_equals_reference_detections() {
-    let model = fixtures().join("tiny-bottleneck");
+    // RT-DETR and both RT-DETRv2 sampling methods, through the same command.
+    for name in ["tiny-bottleneck", "tiny-v2", "tiny-v2-discrete"] {
+        json_output_equals_reference(name);
+    }
+}
+
+fn json_output_equals_reference(name: &str) {
+    let model = fixtures().join(name);
     let text = std::fs::read_to_string(model.join("detections.json")).unwrap();
     let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
     let images = ["photo_exif.jpg", "photo.png", "gray.png", "rgba.png"];

@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use rtdetr::{load_image, DetectOptions, Detector, LoadOptions, StageTimes};
 
 const TOL: f32 = 1e-4;
-const FIXTURES: [&str; 2] = ["tiny-bottleneck", "tiny-basic-legacy"];
+// RT-DETR (two block types, both key layouts) and RT-DETRv2 (bilinear and discrete sampling).
+const FIXTURES: [&str; 4] = ["tiny-bottleneck", "tiny-basic-legacy", "tiny-v2", "tiny-v2-discrete"];
 const IMAGES: [&str; 4] = ["photo_exif.jpg", "photo.png", "gray.png", "rgba.png"];
 
 fn fixture_dir(name: &str) -> PathBuf {

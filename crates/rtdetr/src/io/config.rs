@@ -224,10 +224,57 @@ pub struct RtDetrConfig {
 pub enum ModelConfig {
     /// `"rt_detr"` (also assumed when config.json names no `model_type`).
     RtDetr(RtDetrConfig),
+    /// `"rt_detr_v2"`: RT-DETR's graph with RT-DETRv2's decoder cross-attention.
+    RtDetrV2(RtDetrV2Config),
 }
 
 /// The `model_type`s this engine runs.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["rt_detr"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["rt_detr", "rt_detr_v2"];
+
+fn d_decoder_n_levels() -> usize {
+    3
+}
+fn d_decoder_offset_scale() -> f64 {
+    0.5
+}
+fn d_decoder_method() -> String {
+    "default".into()
+}
+
+/// `RTDetrV2Config`: every `RTDetrConfig` field plus the decoder's sampling settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RtDetrV2Config {
+    #[serde(flatten)]
+    pub base: RtDetrConfig,
+    /// Feature levels the decoder's cross-attention samples.
+    #[serde(default = "d_decoder_n_levels")]
+    pub decoder_n_levels: usize,
+    /// Scale of the sampling offsets (relative to the reference box).
+    #[serde(default = "d_decoder_offset_scale")]
+    pub decoder_offset_scale: f64,
+    /// `"default"` (bilinear) or `"discrete"` (the nearest cell).
+    #[serde(default = "d_decoder_method")]
+    pub decoder_method: String,
+}
+
+impl RtDetrV2Config {
+    fn validate(&self) -> std::result::Result<(), String> {
+        self.base.validate()?;
+        if self.decoder_n_levels != self.base.num_feature_levels {
+            return Err(format!(
+                "decoder_n_levels {} must equal num_feature_levels {}",
+                self.decoder_n_levels, self.base.num_feature_levels
+            ));
+        }
+        if !self.decoder_offset_scale.is_finite() {
+            return Err("decoder_offset_scale must be finite".into());
+        }
+        match self.decoder_method.as_str() {
+            "default" | "discrete" => Ok(()),
+            other => Err(format!("decoder_method must be \"default\" or \"discrete\", got {other:?}")),
+        }
+    }
+}
 
 impl ModelConfig {
     /// Reads and validates `config.json`.
@@ -244,6 +291,7 @@ impl ModelConfig {
         };
         let cfg = match model_type.as_str() {
             "rt_detr" => ModelConfig::RtDetr(serde_json::from_value(value).map_err(json)?),
+            "rt_detr_v2" => ModelConfig::RtDetrV2(serde_json::from_value(value).map_err(json)?),
             other => {
                 return Err(Error::Config(format!(
                     "{}: unsupported model_type {other:?}: this engine runs {} checkpoints",
@@ -254,6 +302,7 @@ impl ModelConfig {
         };
         match &cfg {
             ModelConfig::RtDetr(c) => c.validate(),
+            ModelConfig::RtDetrV2(c) => c.validate(),
         }
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok(cfg)
@@ -263,6 +312,7 @@ impl ModelConfig {
     pub fn labels(&self) -> Vec<String> {
         match self {
             ModelConfig::RtDetr(c) => c.labels(),
+            ModelConfig::RtDetrV2(c) => c.base.labels(),
         }
     }
 }

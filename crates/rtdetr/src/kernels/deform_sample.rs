@@ -8,6 +8,29 @@
 
 use rayon::prelude::*;
 
+/// How a sampling point reads its level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplingMethod {
+    /// `grid_sample` (bilinear, `align_corners=False`, zero padding): RT-DETR, and
+    /// RT-DETRv2's `"default"`.
+    Bilinear,
+    /// RT-DETRv2's `"discrete"`: the cell `clamp(trunc(loc · size + 0.5), 0, size − 1)`
+    /// with the point's whole weight.
+    Discrete,
+}
+
+/// Where the levels lie in the flattened memory and how their points read them.
+#[derive(Clone, Copy)]
+struct Levels<'a> {
+    /// (height, width) of each level.
+    shapes: &'a [(usize, usize)],
+    /// The first position of each level.
+    starts: &'a [usize],
+    /// Sampling points on each level.
+    points: &'a [usize],
+    method: SamplingMethod,
+}
+
 /// Shapes of one call.
 #[derive(Debug, Clone, Copy)]
 pub struct MsdaDims {
@@ -15,6 +38,7 @@ pub struct MsdaDims {
     pub queries: usize,
     pub heads: usize,
     pub head_dim: usize,
+    pub method: SamplingMethod,
 }
 
 /// Starts of each level in the flattened sequence, and its length.
@@ -32,19 +56,25 @@ fn level_starts(levels: &[(usize, usize)]) -> (Vec<usize>, usize) {
 /// of one (query, head): `locations`/`weights` start at its first (level, point), with
 /// `points[l]` points on level `l`.
 #[inline(always)]
-fn for_each_corner(
-    levels: &[(usize, usize)],
-    starts: &[usize],
-    points: &[usize],
-    locations: &[f32],
-    weights: &[f32],
-    mut f: impl FnMut(usize, f32),
-) {
+fn for_each_corner(lv: Levels, locations: &[f32], weights: &[f32], mut f: impl FnMut(usize, f32)) {
+    let Levels { shapes, starts, points, method } = lv;
     let mut i = 0;
-    for (l, &(lh, lw)) in levels.iter().enumerate() {
+    for (l, &(lh, lw)) in shapes.iter().enumerate() {
         for _ in 0..points[l] {
             let (a, lx, ly) = (weights[i], locations[2 * i], locations[2 * i + 1]);
             i += 1;
+            if method == SamplingMethod::Discrete {
+                // The reference's arithmetic: loc · size + 0.5 in f32, truncated to an
+                // integer, clamped into the level.
+                let cell = |v: f32, size: usize| -> Option<usize> {
+                    let c = v * size as f32 + 0.5;
+                    c.is_finite().then(|| (c.trunc().max(0.0) as usize).min(size - 1))
+                };
+                if let (Some(cx), Some(cy)) = (cell(lx, lw), cell(ly, lh)) {
+                    f(starts[l] + cy * lw + cx, a);
+                }
+                continue;
+            }
             // Same arithmetic as the reference: grid = 2·loc − 1, then grid_sample's
             // unnormalisation ((grid + 1)·size − 1) / 2.
             let gx = 2.0 * lx - 1.0;
@@ -99,7 +129,7 @@ pub fn sample_memory(
     weights: &[f32],
     d: MsdaDims,
 ) -> (Vec<f32>, Vec<f32>) {
-    let MsdaDims { batch, queries, heads, head_dim } = d;
+    let MsdaDims { batch, queries, heads, head_dim, method } = d;
     let d_model = heads * head_dim;
     let (starts, seq) = level_starts(levels);
     assert_eq!(points.len(), levels.len(), "one point count per level");
@@ -113,24 +143,16 @@ pub fn sample_memory(
         let b = bqh / (queries * heads);
         let mb = &memory[b * seq * d_model..(b + 1) * seq * d_model];
         let (loc, w) = (&locations[2 * bqh * per_head..][..2 * per_head], &weights[bqh * per_head..][..per_head]);
-        *total = sample_one(acc, mb, levels, &starts, points, loc, w);
+        *total = sample_one(acc, mb, Levels { shapes: levels, starts: &starts, points, method }, loc, w);
     });
     (sampled, in_bounds)
 }
 
 #[inline(always)]
-fn sample_one_impl(
-    acc: &mut [f32],
-    memory: &[f32],
-    levels: &[(usize, usize)],
-    starts: &[usize],
-    points: &[usize],
-    locations: &[f32],
-    weights: &[f32],
-) -> f32 {
+fn sample_one_impl(acc: &mut [f32], memory: &[f32], levels: Levels, locations: &[f32], weights: &[f32]) -> f32 {
     let width = acc.len();
     let mut sum = 0f32;
-    for_each_corner(levels, starts, points, locations, weights, |pos, s| {
+    for_each_corner(levels, locations, weights, |pos, s| {
         for (o, v) in acc.iter_mut().zip(&memory[pos * width..(pos + 1) * width]) {
             *o += s * v;
         }
@@ -142,15 +164,8 @@ fn sample_one_impl(
 crate::kernels::dispatch::simd_dispatch! {
     /// Accumulates the weighted memory rows of one (query, head) into `acc` (d_model
     /// wide); returns the sum of their weights.
-    fn sample_one(
-        acc: &mut [f32],
-        memory: &[f32],
-        levels: &[(usize, usize)],
-        starts: &[usize],
-        points: &[usize],
-        locations: &[f32],
-        weights: &[f32],
-    ) -> f32 => sample_one_impl
+    fn sample_one(acc: &mut [f32], memory: &[f32], levels: Levels, locations: &[f32], weights: &[f32]) -> f32
+        => sample_one_impl
 }
 
 #[cfg(test)]
@@ -167,7 +182,7 @@ mod tests {
         w: &[f32],
         d: MsdaDims,
     ) -> Vec<f32> {
-        let MsdaDims { batch, queries, heads, head_dim } = d;
+        let MsdaDims { batch, queries, heads, head_dim, method } = d;
         let seq: usize = levels.iter().map(|(h, w)| h * w).sum();
         let per_head: usize = points.iter().sum();
         let mut out = vec![0f32; batch * queries * heads * head_dim];
@@ -191,6 +206,13 @@ mod tests {
                                         value[((b * seq + pos) * heads + h) * head_dim + c]
                                     }
                                 };
+                                if method == SamplingMethod::Discrete {
+                                    let cell =
+                                        |v: f32, n: usize| ((v * n as f32 + 0.5) as i64).clamp(0, n as i64 - 1) as f32;
+                                    let (cx, cy) = (cell(loc[2 * i], lw), cell(loc[2 * i + 1], lh));
+                                    total += pix(cy, cx) * w[i];
+                                    continue;
+                                }
                                 let (x0, y0) = (x.floor(), y.floor());
                                 let (fx, fy) = (x - x0, y - y0);
                                 let s = pix(y0, x0) * (1.0 - fx) * (1.0 - fy)
@@ -242,28 +264,36 @@ mod tests {
 
     #[test]
     fn matches_naive_on_random_shapes() {
-        let d = MsdaDims { batch: 2, queries: 7, heads: 3, head_dim: 5 };
+        let d = MsdaDims { batch: 2, queries: 7, heads: 3, head_dim: 5, method: SamplingMethod::Bilinear };
         check(&[(8, 6), (4, 3), (2, 2)], &[4, 4, 4], d, 1, (0.0, 1.0));
         // Points outside the map read zeros at the border (and so drop the bias).
         check(&[(5, 7), (3, 4)], &[4, 4], d, 2, (-0.3, 1.3));
         // More rows than the projection's row blocks.
-        let d = MsdaDims { batch: 1, queries: 37, heads: 2, head_dim: 3 };
+        let d = MsdaDims { batch: 1, queries: 37, heads: 2, head_dim: 3, method: SamplingMethod::Bilinear };
         check(&[(6, 5), (3, 3)], &[2, 2], d, 5, (-0.1, 1.1));
     }
 
     #[test]
     fn edge_sizes() {
         // 1x1 levels, a single query, head_dim 1.
-        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1 };
+        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, method: SamplingMethod::Bilinear };
         check(&[(1, 1)], &[1], d, 3, (-0.5, 1.5));
-        let d = MsdaDims { batch: 1, queries: 3, heads: 8, head_dim: 32 };
+        let d = MsdaDims { batch: 1, queries: 3, heads: 8, head_dim: 32, method: SamplingMethod::Bilinear };
         check(&[(1, 9), (9, 1), (1, 1)], &[4, 4, 4], d, 4, (0.0, 1.0));
+    }
+
+    #[test]
+    fn discrete_sampling_reads_the_nearest_cell() {
+        // RT-DETRv2's "discrete" method, inside and outside the maps (clamped to the border).
+        let d = MsdaDims { batch: 2, queries: 6, heads: 2, head_dim: 4, method: SamplingMethod::Discrete };
+        check(&[(8, 6), (4, 3), (2, 2)], &[4, 4, 4], d, 8, (-0.3, 1.3));
+        check(&[(5, 7), (1, 1)], &[2, 3], d, 9, (0.0, 1.0));
     }
 
     #[test]
     fn different_point_counts_per_level() {
         // D-FINE and RT-DETRv2 configurations sample a different number of points per level.
-        let d = MsdaDims { batch: 2, queries: 5, heads: 4, head_dim: 3 };
+        let d = MsdaDims { batch: 2, queries: 5, heads: 4, head_dim: 3, method: SamplingMethod::Bilinear };
         check(&[(8, 6), (4, 3), (2, 2)], &[3, 6, 1], d, 6, (-0.2, 1.2));
         check(&[(7, 7), (3, 5)], &[1, 2], d, 7, (0.0, 1.0));
     }
@@ -272,7 +302,7 @@ mod tests {
     fn exact_pixel_centres_return_the_pixel() {
         // A location at a pixel centre samples exactly that pixel, with its full weight.
         let levels = [(2usize, 3usize)];
-        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1 };
+        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, method: SamplingMethod::Bilinear };
         let memory: Vec<f32> = (0..6).map(|v| v as f32).collect();
         // Pixel (y=1, x=2): centre at ((2+0.5)/3, (1+0.5)/2).
         let (out, in_bounds) = sample_memory(&memory, &levels, &[1], &[2.5 / 3.0, 0.75], &[1.0], d);
@@ -283,7 +313,7 @@ mod tests {
     #[test]
     fn non_finite_locations_read_zero() {
         let levels = [(2usize, 2usize)];
-        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1 };
+        let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, method: SamplingMethod::Bilinear };
         let (out, in_bounds) =
             sample_memory(&[1.0; 4], &levels, &[2], &[f32::NAN, 0.5, f32::INFINITY, 0.5], &[1.0, 1.0], d);
         assert_eq!((out[0], in_bounds[0]), (0.0, 0.0));

@@ -9,7 +9,7 @@ use crate::io::config::{Activation, RtDetrConfig};
 use crate::io::weights::Weights;
 use crate::kernels::tensor_ops::add;
 use crate::model::attention::{FeedForward, SelfAttention};
-use crate::model::deformable_attention::DeformableAttention;
+use crate::model::deformable_attention::{DeformableAttention, V2Sampling};
 use crate::model::layers::{LayerNorm, Linear, MlpHead};
 use crate::model::LayerOutput;
 
@@ -23,14 +23,14 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(w: &Weights, key: &str, cfg: &RtDetrConfig) -> Result<Self> {
+    fn load(w: &Weights, key: &str, cfg: &RtDetrConfig, v2: Option<&V2Sampling>) -> Result<Self> {
         let d = cfg.d_model;
         let eps = cfg.layer_norm_eps;
         let act = Activation::parse(&cfg.decoder_activation_function)?;
         Ok(Self {
             self_attn: SelfAttention::load(w, &format!("{key}.self_attn"), d, cfg.decoder_attention_heads)?,
             self_attn_norm: LayerNorm::load(w, &format!("{key}.self_attn_layer_norm"), d, eps)?,
-            cross_attn: DeformableAttention::load(w, &format!("{key}.encoder_attn"), cfg)?,
+            cross_attn: DeformableAttention::load(w, &format!("{key}.encoder_attn"), cfg, v2)?,
             cross_attn_norm: LayerNorm::load(w, &format!("{key}.encoder_attn_layer_norm"), d, eps)?,
             mlp: FeedForward::load(w, &format!("{key}.mlp"), d, cfg.decoder_ffn_dim, act)?,
             final_norm: LayerNorm::load(w, &format!("{key}.final_layer_norm"), d, eps)?,
@@ -69,12 +69,13 @@ fn inverse_sigmoid(x: &Tensor) -> Result<Tensor> {
 }
 
 impl Decoder {
-    pub fn load(w: &Weights, cfg: &RtDetrConfig) -> Result<Self> {
+    /// `v2`: RT-DETRv2's cross-attention settings (RT-DETR's when `None`).
+    pub fn load(w: &Weights, cfg: &RtDetrConfig, v2: Option<&V2Sampling>) -> Result<Self> {
         let d = cfg.d_model;
         let n = cfg.decoder_layers;
         Ok(Self {
             layers: (0..n)
-                .map(|i| DecoderLayer::load(w, &format!("model.decoder.layers.{i}"), cfg))
+                .map(|i| DecoderLayer::load(w, &format!("model.decoder.layers.{i}"), cfg, v2))
                 .collect::<Result<_>>()?,
             query_pos_head: MlpHead::load(w, "model.decoder.query_pos_head", 4, 2 * d, d, 2)?,
             class_embed: (0..n)

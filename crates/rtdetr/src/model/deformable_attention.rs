@@ -1,13 +1,14 @@
-//! Multi-scale deformable cross-attention (`RTDetrMultiscaleDeformableAttention`): each
-//! query predicts sampling offsets and attention weights per head, level and point around
-//! its reference box, and reads the encoder memory there.
+//! Multi-scale deformable cross-attention (`RTDetrMultiscaleDeformableAttention`, and
+//! RT-DETRv2's `RTDetrV2MultiscaleDeformableAttention`): each query predicts sampling
+//! offsets and attention weights per head, level and point around its reference box, and
+//! reads the encoder memory there.
 
 use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::io::config::{Activation, RtDetrConfig};
 use crate::io::weights::Weights;
-use crate::kernels::deform_sample::{sample_memory, MsdaDims};
+use crate::kernels::deform_sample::{sample_memory, MsdaDims, SamplingMethod};
 use crate::kernels::dispatch::with_f32;
 use crate::kernels::ops::softmax_rows;
 use crate::model::layers::Linear;
@@ -21,12 +22,40 @@ pub struct DeformableAttention {
     heads: usize,
     /// Sampling points on each level.
     points: Vec<usize>,
+    offsets: Offsets,
+    method: SamplingMethod,
+}
+
+/// How the predicted offsets become sampling locations around the reference box.
+enum Offsets {
+    /// RT-DETR: `ref_xy + offset / P_l · ref_wh · 0.5`.
+    PerLevelPoints,
+    /// RT-DETRv2: `ref_xy + offset · n_points_scale · ref_wh · offset_scale`, with the
+    /// checkpoint's `n_points_scale` buffer (one value per level and point).
+    Scaled { points_scale: Vec<f32>, offset_scale: f32 },
+}
+
+/// RT-DETRv2's settings of the cross-attention.
+pub struct V2Sampling {
+    pub offset_scale: f64,
+    pub discrete: bool,
 }
 
 impl DeformableAttention {
-    pub fn load(w: &Weights, key: &str, cfg: &RtDetrConfig) -> Result<Self> {
+    /// `v2`: RT-DETRv2's offsets and sampling method (RT-DETR's when `None`).
+    pub fn load(w: &Weights, key: &str, cfg: &RtDetrConfig, v2: Option<&V2Sampling>) -> Result<Self> {
         let d = cfg.d_model;
         let (h, l, p) = (cfg.decoder_attention_heads, cfg.num_feature_levels, cfg.decoder_n_points);
+        let (offsets, method) = match v2 {
+            None => (Offsets::PerLevelPoints, SamplingMethod::Bilinear),
+            Some(v2) => (
+                Offsets::Scaled {
+                    points_scale: w.get(&format!("{key}.n_points_scale"), &[l * p])?.to_vec1()?,
+                    offset_scale: v2.offset_scale as f32,
+                },
+                if v2.discrete { SamplingMethod::Discrete } else { SamplingMethod::Bilinear },
+            ),
+        };
         Ok(Self {
             sampling_offsets: Linear::load(w, &format!("{key}.sampling_offsets"), d, h * l * p * 2)?,
             attention_weights: Linear::load(w, &format!("{key}.attention_weights"), d, h * l * p)?,
@@ -34,6 +63,8 @@ impl DeformableAttention {
             output_proj: Linear::load(w, &format!("{key}.output_proj"), d, d)?,
             heads: h,
             points: vec![p; l],
+            offsets,
+            method,
         })
     }
 
@@ -58,20 +89,28 @@ impl DeformableAttention {
             softmax_rows(&mut weights, per_head);
             (offsets, weights)
         })?;
-        // sampling_locations = ref_xy + offsets / P_l * ref_wh * 0.5 (reference's order of ops).
+        // The reference's order of operations, per architecture.
         let divisors: Vec<f32> = self.points.iter().flat_map(|&p| std::iter::repeat_n(p as f32, p)).collect();
         with_f32(reference, |refs| {
             for bq in 0..b * q {
                 let r = &refs[bq * 4..bq * 4 + 4];
                 for k in 0..h * per_head {
                     let i = (bq * h * per_head + k) * 2;
-                    let p = divisors[k % per_head];
-                    locations[i] = r[0] + locations[i] / p * r[2] * 0.5;
-                    locations[i + 1] = r[1] + locations[i + 1] / p * r[3] * 0.5;
+                    let (ox, oy) = (locations[i], locations[i + 1]);
+                    (locations[i], locations[i + 1]) = match &self.offsets {
+                        Offsets::PerLevelPoints => {
+                            let p = divisors[k % per_head];
+                            (r[0] + ox / p * r[2] * 0.5, r[1] + oy / p * r[3] * 0.5)
+                        }
+                        Offsets::Scaled { points_scale, offset_scale } => {
+                            let s = points_scale[k % per_head];
+                            (r[0] + ox * s * r[2] * offset_scale, r[1] + oy * s * r[3] * offset_scale)
+                        }
+                    };
                 }
             }
         })?;
-        let dims = MsdaDims { batch: b, queries: q, heads: h, head_dim: d / h };
+        let dims = MsdaDims { batch: b, queries: q, heads: h, head_dim: d / h, method: self.method };
         // Sample the memory, then project the samples per head: the same sums as projecting
         // every memory position first (see `sample_memory`).
         let started = crate::kernels::flops::start();

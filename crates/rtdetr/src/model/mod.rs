@@ -65,26 +65,36 @@ pub struct StageTimes {
 pub enum Model {
     /// RT-DETR (`model_type: "rt_detr"`).
     RtDetr(rtdetr::RtDetr),
+    /// RT-DETRv2 (`model_type: "rt_detr_v2"`): RT-DETR's graph with RT-DETRv2's
+    /// cross-attention.
+    RtDetrV2(rtdetr::RtDetr),
 }
 
 impl Model {
     pub(crate) fn load(cfg: &ModelConfig, weights: &Weights) -> Result<Self> {
         match cfg {
-            ModelConfig::RtDetr(c) => Ok(Model::RtDetr(rtdetr::RtDetr::load(c, weights)?)),
+            ModelConfig::RtDetr(c) => Ok(Model::RtDetr(rtdetr::RtDetr::load(c, None, weights)?)),
+            ModelConfig::RtDetrV2(c) => {
+                let v2 = rtdetr::V2Sampling {
+                    offset_scale: c.decoder_offset_scale,
+                    discrete: c.decoder_method == "discrete",
+                };
+                Ok(Model::RtDetrV2(rtdetr::RtDetr::load(&c.base, Some(&v2), weights)?))
+            }
         }
     }
 
     /// Decoder layers the checkpoint has.
     pub fn num_decoder_layers(&self) -> usize {
         match self {
-            Model::RtDetr(m) => m.num_decoder_layers(),
+            Model::RtDetr(m) | Model::RtDetrV2(m) => m.num_decoder_layers(),
         }
     }
 
     /// The stride the input's sides must be multiples of.
     pub fn max_stride(&self) -> usize {
         match self {
-            Model::RtDetr(m) => m.max_stride(),
+            Model::RtDetr(m) | Model::RtDetrV2(m) => m.max_stride(),
         }
     }
 
@@ -99,7 +109,7 @@ impl Model {
         times: &mut StageTimes,
     ) -> Result<ModelOutput> {
         match self {
-            Model::RtDetr(m) => m.forward(pixels, decoder_layers, trace, times),
+            Model::RtDetr(m) | Model::RtDetrV2(m) => m.forward(pixels, decoder_layers, trace, times),
         }
     }
 }

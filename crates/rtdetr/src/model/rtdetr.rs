@@ -1,5 +1,6 @@
 //! RT-DETR (`RTDetrForObjectDetection` at inference): ResNet-vd backbone → hybrid encoder →
-//! query selection → deformable-attention decoder.
+//! query selection → deformable-attention decoder. RT-DETRv2 (`RTDetrV2ForObjectDetection`)
+//! is the same graph with its own decoder cross-attention ([`V2Sampling`]).
 
 use candle_core::Tensor;
 
@@ -9,6 +10,7 @@ use crate::io::weights::Weights;
 use crate::kernels::tensor_ops::flatten_levels;
 use crate::model::backbone::Backbone;
 use crate::model::decoder::Decoder;
+pub use crate::model::deformable_attention::V2Sampling;
 use crate::model::encoder::HybridEncoder;
 use crate::model::layers::ConvBn;
 use crate::model::query_selection::{gather_rows, QuerySelection};
@@ -24,7 +26,8 @@ pub struct RtDetr {
 }
 
 impl RtDetr {
-    pub fn load(cfg: &RtDetrConfig, w: &Weights) -> Result<Self> {
+    /// `v2`: RT-DETRv2's cross-attention settings (RT-DETR when `None`).
+    pub fn load(cfg: &RtDetrConfig, v2: Option<&V2Sampling>, w: &Weights) -> Result<Self> {
         let backbone = Backbone::load(w, &cfg.backbone(), "model.backbone.model")?;
         if backbone.out_channels() != cfg.encoder_in_channels.as_slice() {
             return Err(Error::Config(format!(
@@ -73,7 +76,7 @@ impl RtDetr {
             encoder,
             decoder_input_proj,
             query_selection: QuerySelection::load(w, d, cfg.num_labels(), cfg.num_queries, cfg.layer_norm_eps)?,
-            decoder: Decoder::load(w, cfg)?,
+            decoder: Decoder::load(w, cfg, v2)?,
         })
     }
 
