@@ -448,7 +448,8 @@ pub(crate) mod x86 {
         const NC: usize = 64;
         /// The chunk's B rows (KC × 256 bytes) stay in L2.
         const KC: usize = 512;
-        /// Measured on Zen 4: the 1 MiB L2 keeps the block read in place.
+        /// Read in place, as this kernel did before the driver was shared (it was tuned
+        /// on Zen 4, whose 1 MiB L2 holds the block); packing is unmeasured on AVX-512.
         const PACK_B: bool = false;
 
         #[inline(always)]
