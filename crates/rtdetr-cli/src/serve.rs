@@ -4,7 +4,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use rtdetr_server::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_STREAMS_PER_KEY};
+use rtdetr_server::config::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_DECODE_MEMORY,
+    DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_STREAMS_PER_KEY,
+};
 use rtdetr_server::{ApiKeys, RunningServer, ServerConfig};
 
 use crate::ModelArgs;
@@ -56,6 +59,35 @@ pub struct ServeArgs {
     /// when no key is set); more get 429.
     #[arg(long, default_value_t = DEFAULT_MAX_STREAMS_PER_KEY)]
     pub max_streams_per_key: usize,
+    /// Longest image side in pixels, checked from the header (413 above).
+    #[arg(long, default_value_t = rtdetr::io::decode::DEFAULT_MAX_SIDE)]
+    pub max_image_side: u32,
+    /// Most scans in a progressive JPEG (each costs a pass over the image; 413 above).
+    #[arg(long, default_value_t = rtdetr::io::decode::DEFAULT_MAX_JPEG_SCANS)]
+    pub max_jpeg_scans: u32,
+    /// Memory for images being decoded and kept for return_image, in MiB: images wait for
+    /// their share; one needing more than all of it gets 413.
+    #[arg(long, default_value_t = DEFAULT_MAX_DECODE_MEMORY >> 20)]
+    pub max_decode_memory_mb: u64,
+    /// Memory for request bodies being received, in MiB (429 `server_busy` beyond it).
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_MEMORY >> 20)]
+    pub max_body_memory_mb: usize,
+    /// Time to receive a request body, in seconds (408 past it).
+    #[arg(long, default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
+    /// Time to send a request's headers, in seconds, from the connection's start or the
+    /// previous response (so also the keep-alive idle timeout); the connection closes past it.
+    #[arg(long, default_value_t = 20)]
+    pub header_read_timeout_secs: u64,
+    /// Most open connections (lowered to fit the file descriptor limit); more wait to be accepted.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// A /v1/stream WebSocket sending nothing for this many seconds is closed (1001).
+    #[arg(long, default_value_t = 60)]
+    pub stream_idle_timeout_secs: u64,
+    /// Seconds between the server's pings on a /v1/stream WebSocket (no answer within two: closed).
+    #[arg(long, default_value_t = 20)]
+    pub stream_ping_interval_secs: u64,
 }
 
 fn default_served_name(model: &str) -> String {
@@ -107,6 +139,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         drain_delay: Duration::from_millis(args.drain_delay_ms),
         max_streams_per_key: args.max_streams_per_key,
+        max_image_side: args.max_image_side,
+        max_jpeg_scans: args.max_jpeg_scans,
+        max_decode_memory: args.max_decode_memory_mb.saturating_mul(1 << 20),
+        max_body_memory: args.max_body_memory_mb.saturating_mul(1 << 20),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+        max_connections: args.max_connections,
+        stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs),
+        stream_ping_interval: Duration::from_secs(args.stream_ping_interval_secs),
         ..ServerConfig::default()
     }
     .allow_private_urls(args.allow_private_urls);

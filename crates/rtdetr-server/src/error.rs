@@ -78,14 +78,19 @@ impl ApiError {
             .with_param(param)
     }
 
+    /// 408: the client did not send its request body in time (`--body-read-timeout-secs`).
+    pub fn body_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "body_timeout", message)
+    }
+
     /// 429: the inference queue is full.
     pub fn queue_full() -> Self {
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "queue_full",
-            "the server is at capacity (inference queue full); retry later",
-        );
+        Self::busy("queue_full", "the server is at capacity (inference queue full); retry later")
+    }
+
+    /// 429 with `Retry-After`: a server-wide limit is reached for now (queue, memory).
+    pub fn busy(code: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", code, message);
         e.retry_after = Some(1);
         e
     }

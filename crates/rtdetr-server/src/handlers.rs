@@ -5,23 +5,23 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use futures_util::StreamExt;
-use image::RgbImage;
 use rtdetr::Detection;
 use serde::de::DeserializeOwned;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::config::MAX_IMAGES_PER_REQUEST;
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::input::{annotated_jpeg_data_url, parse_image_ref, ImageSource};
 use crate::metrics as m;
-use crate::pipeline;
-use crate::state::{unix_now, AppState};
+use crate::pipeline::{self, KeptImage};
+use crate::state::{unix_now, AppState, MemoryBudget};
 use crate::types::*;
 
 fn check_model(state: &AppState, model: &str) -> ApiResult<()> {
@@ -92,33 +92,66 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Refuses (413) a request whose `Content-Length` is above `limit`, without keeping it.
-async fn refuse_declared_too_large(req: Request, limit: usize) -> ApiError {
-    if declared_length(req.headers()).is_some_and(|n| n <= DRAIN_CAP as u64) {
-        drain(req.into_body().into_data_stream(), DRAIN_CAP).await;
+async fn refuse_declared_too_large(headers: &HeaderMap, body: Body, limit: usize) -> ApiError {
+    if declared_length(headers).is_some_and(|n| n <= DRAIN_CAP as u64) {
+        drain(body.into_data_stream(), DRAIN_CAP).await;
     }
     body_too_large(limit)
 }
 
-/// Reads the whole body, refusing (413) above `limit` from `Content-Length` or while reading.
-async fn read_body(req: Request, limit: usize) -> ApiResult<Bytes> {
-    if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
-        return Err(refuse_declared_too_large(req, limit).await);
+/// A request body in memory, with its charge against the server's body memory.
+struct ReceivedBody {
+    bytes: Bytes,
+    _charge: Option<OwnedSemaphorePermit>,
+}
+
+/// Reads the whole body: 413 above `--max-body-bytes` (from `Content-Length` or while
+/// reading), 408 past `--body-read-timeout-secs`, 429 `server_busy` when the bodies being
+/// received already hold `--max-body-memory-mb` (charged as the bytes arrive, so slow
+/// uploads hold only what they sent).
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResult<ReceivedBody> {
+    let limit = state.config.max_body_bytes;
+    if declared_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(refuse_declared_too_large(headers, body, limit).await);
     }
-    let mut body = req.into_body().into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|_| ApiError::bad_request("invalid_body", "could not read the request body"))?;
-        if buf.len() + chunk.len() > limit {
-            drain(body, DRAIN_CAP).await;
-            return Err(body_too_large(limit));
+    let timeout = state.config.body_read_timeout;
+    let read = async {
+        let mut body = body.into_data_stream();
+        let mut buf = Vec::new();
+        let mut charge: Option<OwnedSemaphorePermit> = None;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|_| ApiError::bad_request("invalid_body", "could not read the request body"))?;
+            if buf.len() + chunk.len() > limit {
+                drain(body, DRAIN_CAP).await;
+                return Err(body_too_large(limit));
+            }
+            let held = charge.as_ref().map_or(0, MemoryBudget::charged);
+            let total = (buf.len() + chunk.len()) as u64;
+            if total > held {
+                let more = state.body_memory.try_charge(total - held).ok_or_else(|| {
+                    metrics::counter!(m::REJECTED, "reason" => "body_memory").increment(1);
+                    ApiError::busy(
+                        "server_busy",
+                        "the server is receiving too many request bodies at once; retry shortly",
+                    )
+                })?;
+                match &mut charge {
+                    Some(c) => c.merge(more),
+                    None => charge = Some(more),
+                }
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
+        Ok(ReceivedBody { bytes: Bytes::from(buf), _charge: charge })
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+        metrics::counter!(m::REJECTED, "reason" => "body_timeout").increment(1);
+        Err(ApiError::body_timeout(format!("the request body was not received within {} s", timeout.as_secs())))
+    })
 }
 
 /// JSON syntax errors are 400; a field of the wrong type or value is 422 naming the field.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
     if !value.is_object() {
@@ -144,12 +177,18 @@ where
     pipeline::within(deadline, f(deadline)).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Draws the detections on the blocking pool (`return_image`).
-async fn annotate(image: RgbImage, detections: &[Detection]) -> ApiResult<String> {
+/// Draws the detections on the blocking pool (`return_image`), on the kept image itself,
+/// whose memory charge is returned when the drawing ends.
+async fn annotate(kept: KeptImage, detections: &[Detection]) -> ApiResult<String> {
     let detections = detections.to_vec();
-    tokio::task::spawn_blocking(move || annotated_jpeg_data_url(&image, &detections))
-        .await
-        .map_err(|_| ApiError::internal("the drawing task failed"))?
+    tokio::task::spawn_blocking(move || {
+        let KeptImage { image, charge } = kept;
+        let url = annotated_jpeg_data_url(image, &detections);
+        drop(charge);
+        url
+    })
+    .await
+    .map_err(|_| ApiError::internal("the drawing task failed"))?
 }
 
 /// The error answers that `/v1/detections` and `/v1/chat/completions` share, written once
@@ -160,13 +199,18 @@ async fn annotate(image: RgbImage, detections: &[Detection]) -> ApiResult<String
 enum InferenceErrors {
     #[response(status = 401, description = "Missing or wrong API key")]
     Unauthorized(ErrorResponse),
-    #[response(status = 413, description = "Body, download or image pixel count too large")]
+    #[response(status = 408, description = "The request body was not received in time (`body_timeout`)")]
+    BodyTimeout(ErrorResponse),
+    #[response(status = 413, description = "Body, download, image size or decode memory too large")]
     TooLarge(ErrorResponse),
     #[response(status = 415, description = "Unsupported Content-Type or non-image media")]
     UnsupportedMedia(ErrorResponse),
     #[response(status = 422, description = "Invalid parameter")]
     InvalidParameter(ErrorResponse),
-    #[response(status = 429, description = "Queue full; see Retry-After")]
+    #[response(
+        status = 429,
+        description = "Queue full (`queue_full`) or too many bodies being received (`server_busy`); see Retry-After"
+    )]
     QueueFull(ErrorResponse),
     #[response(status = 503, description = "Not ready or shutting down (no work done: safe to retry elsewhere)")]
     Unavailable(ErrorResponse),
@@ -202,21 +246,27 @@ pub async fn detections(State(state): State<Arc<AppState>>, req: Request) -> Res
 async fn detections_inner(state: &AppState, req: Request, deadline: Instant) -> ApiResult<Response> {
     let start = Instant::now();
     let info = state.ready()?;
-    let _permit = state.admit(1)?;
-    let (source, params, model, return_image) = match body_kind(req.headers()) {
-        BodyKind::Json => {
-            let bytes = read_body(req, state.config.max_body_bytes).await?;
-            let body: DetectionRequest = parse_json(&bytes)?;
+    let kind = body_kind(req.headers());
+    if let BodyKind::Other(ct) = &kind {
+        return Err(unsupported_body(ct, "application/json or multipart/form-data"));
+    }
+    let (parts, body) = req.into_parts();
+    let received = read_body(state, &parts.headers, body).await?;
+    let (source, params, model, return_image) = match kind {
+        BodyKind::Multipart => read_multipart(parts, received.bytes.clone(), state.config.max_body_bytes).await?,
+        _ => {
+            let body: DetectionRequest = parse_json(&received.bytes)?;
             let source = parse_image_ref(&body.image, true, "image")?;
             (source, body.params(), body.model.clone(), body.return_image)
         }
-        BodyKind::Multipart => read_multipart(req, state.config.max_body_bytes).await?,
-        BodyKind::Other(ct) => return Err(unsupported_body(&ct, "application/json or multipart/form-data")),
     };
+    drop(received);
     if let Some(model) = &model {
         check_model(state, model)?;
     }
     let options = params.to_options(&info.labels)?;
+    // Admission after the body: a slow upload holds no slot.
+    let _permit = state.admit(1)?;
     let mut out = pipeline::detect(state, &info, source, options, deadline, return_image).await?;
     let annotated_image = match out.image.take() {
         Some(image) => Some(annotate(image, &out.detections).await?),
@@ -246,10 +296,13 @@ fn form_value<T: std::str::FromStr>(name: &str, text: &str) -> ApiResult<T> {
     text.trim().parse::<T>().map_err(|_| ApiError::invalid_param(name, format!("{name}: invalid value {text:?}")))
 }
 
-async fn read_multipart(req: Request, limit: usize) -> ApiResult<(ImageSource, DetectParams, Option<String>, bool)> {
-    if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
-        return Err(refuse_declared_too_large(req, limit).await);
-    }
+/// Parses a multipart form received whole by [`read_body`].
+pub(crate) async fn read_multipart(
+    parts: axum::http::request::Parts,
+    bytes: Bytes,
+    limit: usize,
+) -> ApiResult<(ImageSource, DetectParams, Option<String>, bool)> {
+    let req = Request::from_parts(parts, Body::from(bytes));
     let mut form = Multipart::from_request(req, &()).await.map_err(|e| {
         ApiError::bad_request("invalid_multipart", format!("invalid multipart body: {}", e.body_text()))
     })?;
@@ -257,8 +310,29 @@ async fn read_multipart(req: Request, limit: usize) -> ApiResult<(ImageSource, D
     let mut params = DetectParams::default();
     let mut model = None;
     let mut return_image = false;
+    let mut seen: Vec<&'static str> = Vec::new();
     while let Some(field) = form.next_field().await.map_err(|e| multipart_error(e, limit))? {
         let name = field.name().unwrap_or("").to_string();
+        // One image per request, each option once (`classes` may repeat): a second value
+        // would otherwise silently win.
+        let key = match name.as_str() {
+            "image" | "file" => Some("image"),
+            "threshold" => Some("threshold"),
+            "max_detections" => Some("max_detections"),
+            "return_image" => Some("return_image"),
+            "model" => Some("model"),
+            _ => None,
+        };
+        if let Some(key) = key {
+            if seen.contains(&key) {
+                return Err(ApiError::bad_request(
+                    "duplicate_field",
+                    format!("the form has more than one `{key}` field; send one"),
+                )
+                .with_param(key));
+            }
+            seen.push(key);
+        }
         match name.as_str() {
             "image" | "file" => {
                 let is_file = field.file_name().is_some();
@@ -295,7 +369,7 @@ async fn read_multipart(req: Request, limit: usize) -> ApiResult<(ImageSource, D
 }
 
 /// Collects the images of a chat request, in order; text parts are ignored.
-fn collect_images(messages: &[ChatMessage]) -> ApiResult<Vec<ImageSource>> {
+pub(crate) fn collect_images(messages: &[ChatMessage]) -> ApiResult<Vec<ImageSource>> {
     let mut images = Vec::new();
     for (i, msg) in messages.iter().enumerate() {
         match &msg.content {
@@ -373,14 +447,15 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) 
 
 async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiResult<Response> {
     let info = state.ready()?;
-    let first = state.admit(1)?;
     match body_kind(req.headers()) {
         BodyKind::Json => {}
         BodyKind::Multipart => return Err(unsupported_body("multipart/form-data", "application/json")),
         BodyKind::Other(ct) => return Err(unsupported_body(&ct, "application/json")),
     }
-    let bytes = read_body(req, state.config.max_body_bytes).await?;
-    let body: ChatCompletionRequest = parse_json(&bytes)?;
+    let (parts, body) = req.into_parts();
+    let received = read_body(state, &parts.headers, body).await?;
+    let body: ChatCompletionRequest = parse_json(&received.bytes)?;
+    drop(received);
     check_model(state, &body.model)?;
     let images = collect_images(&body.messages)?;
     if images.is_empty() {
@@ -398,14 +473,14 @@ async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiRes
         )
         .with_param("messages"));
     }
-    let _more = if images.len() > 1 { Some(state.admit(images.len() - 1)?) } else { None };
     let options = body.params().to_options(&info.labels)?;
+    // Admission after the body: a slow upload holds no slot.
+    let _permits = state.admit(images.len())?;
     let n_images = images.len() as u64;
     let outcomes = futures_util::future::try_join_all(
         images.into_iter().map(|src| pipeline::detect(state, &info, src, options.clone(), deadline, false)),
     )
     .await?;
-    drop(first);
     let detections: u64 = outcomes.iter().map(|o| o.detections.len() as u64).sum();
     let content = DetectionContent {
         results: outcomes
@@ -502,6 +577,7 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> 
     params(("model" = String, Path, description = "Served model name")),
     responses(
         (status = 200, body = Model),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 404, description = "Unknown model", body = ErrorResponse)
     ),
     security(("bearer" = []))

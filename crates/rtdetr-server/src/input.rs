@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use base64::Engine;
 use image::RgbImage;
+use rtdetr::io::decode::{DecodeLimits, ImageHeader};
 use rtdetr::io::preprocess::Preprocessor;
 use rtdetr::PreparedImage;
 
@@ -97,42 +98,43 @@ pub struct Prepared {
     pub decode_time: Duration,
 }
 
-const SUPPORTED: &str = "JPEG, PNG, WebP, BMP, GIF";
+/// Reads the image's header and checks it against `limits`: 400 for unsupported formats
+/// and unreadable headers, 413 (`image_too_large`) above the pixel or side limit or the
+/// JPEG scan limit. Cheap: no pixels are decoded.
+pub fn read_header(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageHeader, ApiError> {
+    let header = ImageHeader::read(bytes).map_err(|e| {
+        let msg = image_message(e);
+        let code = if msg.contains("format") { "unsupported_image_format" } else { "invalid_image" };
+        ApiError::bad_request(code, msg)
+    })?;
+    header.check(limits).map_err(|e| {
+        ApiError::too_large("image_too_large", format!("the image ({}x{}) has {e}", header.width, header.height))
+    })?;
+    Ok(header)
+}
 
-/// Checks the format and the header's pixel count, decodes (EXIF orientation applied) and
-/// preprocesses. Errors: 400 for unsupported formats and undecodable data, 413 above the
-/// pixel limit.
+fn image_message(e: rtdetr::Error) -> String {
+    match e {
+        rtdetr::Error::Image(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// Decodes (EXIF orientation applied) under `limits` and preprocesses. The header was
+/// checked by [`read_header`]. Errors: 400 for undecodable data (corrupt, truncated, frames
+/// larger than the header says, cancelled).
 pub fn decode_and_prepare(
     bytes: &[u8],
-    max_pixels: u64,
+    limits: &DecodeLimits,
     preprocessor: &Preprocessor,
     keep_image: bool,
 ) -> Result<Prepared, ApiError> {
     let start = Instant::now();
-    let format = image::guess_format(bytes).map_err(|_| {
-        ApiError::bad_request(
-            "unsupported_image_format",
-            format!("unrecognised image format; supported formats: {SUPPORTED}"),
-        )
-    })?;
-    use image::ImageFormat as F;
-    if !matches!(format, F::Jpeg | F::Png | F::WebP | F::Bmp | F::Gif) {
-        return Err(ApiError::bad_request(
-            "unsupported_image_format",
-            format!("{format:?} images are not supported; supported formats: {SUPPORTED}"),
-        ));
+    let img = rtdetr::io::decode::decode_image_limited(bytes, limits)
+        .map_err(|e| ApiError::bad_request("invalid_image", image_message(e)))?;
+    if limits.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(ApiError::bad_request("invalid_image", "the decode was cancelled"));
     }
-    let (w, h) = rtdetr::image_dimensions(bytes)
-        .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot read the image header: {e}")))?;
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_pixels {
-        return Err(ApiError::too_large(
-            "image_too_large",
-            format!("the image is {w}x{h} = {pixels} pixels, above this server's limit of {max_pixels}"),
-        ));
-    }
-    let img = rtdetr::decode_image(bytes, max_pixels)
-        .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot decode the image: {e}")))?;
     let input = preprocessor
         .prepare(&img)
         .map_err(|e| ApiError::bad_request("invalid_image", format!("cannot preprocess the image: {e}")))?;
@@ -140,20 +142,21 @@ pub fn decode_and_prepare(
     Ok(Prepared { input, image: keep_image.then_some(img), decode_time: start.elapsed() })
 }
 
-/// Draws the detections and encodes a JPEG data URL.
-pub fn annotated_jpeg_data_url(image: &RgbImage, detections: &[rtdetr::Detection]) -> Result<String, ApiError> {
-    let mut canvas = rtdetr::io::draw::annotate(image, detections);
+/// Draws the detections on the image itself (no second full-size copy) and encodes a JPEG
+/// data URL.
+pub fn annotated_jpeg_data_url(mut image: RgbImage, detections: &[rtdetr::Detection]) -> Result<String, ApiError> {
+    rtdetr::io::draw::annotate_in_place(&mut image, detections);
     // JPEG stores each side in 16 bits: a longer side (a valid input, e.g. a 70000x100
     // panorama) is scaled down to fit, keeping the aspect ratio.
-    let (w, h) = canvas.dimensions();
+    let (w, h) = image.dimensions();
     if w.max(h) > MAX_JPEG_SIDE {
         let scale = f64::from(MAX_JPEG_SIDE) / f64::from(w.max(h));
         let fit = |v: u32| ((f64::from(v) * scale).round() as u32).clamp(1, MAX_JPEG_SIDE);
-        canvas = image::imageops::resize(&canvas, fit(w), fit(h), image::imageops::FilterType::Triangle);
+        image = image::imageops::resize(&image, fit(w), fit(h), image::imageops::FilterType::Triangle);
     }
     let mut jpeg = Vec::new();
     let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
-    canvas
+    image
         .write_with_encoder(encoder)
         .map_err(|e| ApiError::internal(format!("cannot encode the annotated image: {e}")))?;
     Ok(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(&jpeg)))
@@ -182,7 +185,7 @@ mod tests {
     #[test]
     fn annotated_images_longer_than_jpeg_allows_are_scaled_down() {
         let img = RgbImage::from_pixel(70_000, 3, image::Rgb([10, 200, 30]));
-        let url = annotated_jpeg_data_url(&img, &[]).expect("a valid input is no server error");
+        let url = annotated_jpeg_data_url(img, &[]).expect("a valid input is no server error");
         let b64 = url.strip_prefix("data:image/jpeg;base64,").expect("a JPEG data URL");
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
         let (w, h) = image::load_from_memory(&bytes).unwrap().to_rgb8().dimensions();

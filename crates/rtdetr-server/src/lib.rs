@@ -13,6 +13,7 @@
 //!   the blocking pool, queue with a deadline, errors mapped to 429/503/504/500;
 //! - [`handlers`] (HTTP shapes) and [`stream`] (the `/v1/stream` WebSocket protocol) both
 //!   call [`pipeline`], never each other; [`pages`] and [`openapi`] serve the page and docs;
+//! - [`conn`]: connections (cap, header-read and idle timeouts, graceful close);
 //! - [`server`]: the router, middleware and life cycle (load, warm up, serve, drain).
 //!
 //! ```no_run
@@ -28,8 +29,11 @@
 
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod input;
 pub mod metrics;

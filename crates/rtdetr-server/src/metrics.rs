@@ -8,6 +8,7 @@
 //! - `rtdetr_inference_duration_seconds` histogram (one forward pass + post-processing)
 //! - `rtdetr_queue_wait_seconds` histogram (per image, enqueue to batch start)
 //! - `rtdetr_decode_duration_seconds` histogram (per image: base64/URL bytes to preprocessed pixels)
+//! - `rtdetr_connections` gauge (open HTTP connections, WebSockets included)
 //! - `rtdetr_stream_connections` gauge (open `/v1/stream` WebSockets)
 //! - `rtdetr_stream_frames_total{outcome}` counter (`processed`, `dropped`, `error`)
 //! - `rtdetr_images_total`, `rtdetr_detections_total`, `rtdetr_rejected_total{reason}` counters
@@ -27,6 +28,7 @@ pub const DECODE_DURATION: &str = "rtdetr_decode_duration_seconds";
 pub const IMAGES: &str = "rtdetr_images_total";
 pub const DETECTIONS: &str = "rtdetr_detections_total";
 pub const REJECTED: &str = "rtdetr_rejected_total";
+pub const CONNECTIONS: &str = "rtdetr_connections";
 pub const STREAM_CONNECTIONS: &str = "rtdetr_stream_connections";
 pub const STREAM_FRAMES: &str = "rtdetr_stream_frames_total";
 

@@ -3,7 +3,7 @@
 
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorResponse};
@@ -23,6 +23,13 @@ impl Modify for BearerAuth {
                     .description(Some("`Authorization: Bearer KEY` (when the server has API keys)"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "api_key",
+                "`?api_key=KEY`, for WebSocket clients that cannot set headers (browsers); `/v1/stream` only",
+            ))),
         );
     }
 }
@@ -79,7 +86,29 @@ pub struct ApiDoc;
 
 /// The OpenAPI document as JSON.
 pub fn openapi_string() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".into())
+    let Ok(mut doc) = serde_json::to_value(ApiDoc::openapi()) else {
+        return "{}".into();
+    };
+    // Server-Sent Events: each event's `data` is a chat.completion.chunk as JSON text, or
+    // `[DONE]` (the shape OpenAPI 3.2 gives `text/event-stream`; utoipa cannot write it).
+    if let Some(sse) = doc.pointer_mut("/paths/~1v1~1chat~1completions/post/responses/200/content/text~1event-stream") {
+        sse["schema"] = serde_json::json!({
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "event": {"type": "string"},
+                "data": {"anyOf": [
+                    {"const": "[DONE]"},
+                    {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/ChatCompletionChunk"}
+                    }
+                ]}
+            }
+        });
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
 }
 
 pub async fn openapi_json() -> Response {

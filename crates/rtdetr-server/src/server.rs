@@ -2,7 +2,6 @@
 //! [`openapi`]), middleware (request id, logs, metrics, auth, error shape) and the server's
 //! life cycle (load and warm up, serve, drain on shutdown).
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -267,14 +266,18 @@ impl RunningServer {
                 tracing::info!("shutting down: no new connections, finishing in-flight requests");
             };
             let timeout = state.config.shutdown_timeout;
+            let limits = crate::conn::ConnectionLimits {
+                max_connections: crate::conn::fit_to_descriptor_limit(state.config.max_connections),
+                header_read_timeout: state.config.header_read_timeout,
+            };
             tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(graceful).into_future();
+                let serve = crate::conn::serve(listener, app, limits, graceful);
                 let hard_stop = async move {
                     let _ = rx_hard.wait_for(|s| *s).await;
                     tokio::time::sleep(timeout).await;
                 };
                 tokio::select! {
-                    r = serve => r?,
+                    _ = serve => {}
                     _ = hard_stop => tracing::warn!("requests still running after {timeout:?}; stopping anyway"),
                 }
                 if !state.streams.wait_closed(Duration::from_secs(5)).await {

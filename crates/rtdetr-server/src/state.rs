@@ -4,7 +4,7 @@
 //! nothing about routes or protocols.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,8 +21,14 @@ pub struct AppState {
     pub queue: Arc<InferenceQueue>,
     /// Admission slots, one per image in flight (`--max-queue`).
     pub permits: Arc<Semaphore>,
-    /// Concurrent image decodes (one per CPU): bounds the memory of full-size decoded images.
+    /// Concurrent image decodes (one per CPU): decoding is CPU-bound.
     pub decode_slots: Arc<Semaphore>,
+    /// Memory of images being decoded and of decoded images kept for `return_image`.
+    pub decode_memory: MemoryBudget,
+    /// Memory of request bodies being received.
+    pub body_memory: MemoryBudget,
+    /// Decodes stopped early because their request was dropped (client gone, deadline).
+    pub decodes_cancelled: Arc<AtomicU64>,
     /// Set once shutdown starts: `/health` and new inference requests answer 503 (the listener
     /// stays open while admitted work finishes, at least `drain_delay`).
     pub draining: AtomicBool,
@@ -38,6 +44,9 @@ impl AppState {
         Self {
             permits: Arc::new(Semaphore::new(config.max_queue)),
             decode_slots: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+            decode_memory: MemoryBudget::new(config.max_decode_memory),
+            body_memory: MemoryBudget::new(config.max_body_memory as u64),
+            decodes_cancelled: Arc::default(),
             streams: StreamRegistry::new(config.max_streams_per_key),
             config,
             queue,
@@ -73,6 +82,17 @@ impl AppState {
         Ok(permit)
     }
 
+    /// The decode limits of the server's flags (no cancel flag).
+    pub fn decode_limits(&self) -> rtdetr::io::decode::DecodeLimits {
+        rtdetr::io::decode::DecodeLimits {
+            max_pixels: self.config.max_image_pixels,
+            max_side: self.config.max_image_side,
+            max_jpeg_scans: self.config.max_jpeg_scans,
+            max_alloc: None,
+            cancel: None,
+        }
+    }
+
     /// Images admitted (decoding, queued or in inference).
     pub fn in_flight(&self) -> usize {
         self.config.max_queue.saturating_sub(self.permits.available_permits())
@@ -81,6 +101,56 @@ impl AppState {
     /// Sets the `rtdetr_in_flight_images` gauge.
     pub fn record_in_flight(&self) {
         metrics::gauge!(m::IN_FLIGHT).set(self.in_flight() as f64);
+    }
+}
+
+/// Bytes of memory shared by all requests, charged in KiB: a charge is held as a permit
+/// and returned when it drops.
+pub struct MemoryBudget {
+    sem: Arc<Semaphore>,
+    total_kib: u32,
+}
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> Self {
+        let total_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX / 2).min(Semaphore::MAX_PERMITS as u32);
+        Self { sem: Arc::new(Semaphore::new(total_kib as usize)), total_kib }
+    }
+
+    fn kib(bytes: u64) -> Option<u32> {
+        u32::try_from(bytes.div_ceil(1024)).ok()
+    }
+
+    /// Whether `bytes` could ever be charged (not more than the whole budget).
+    pub fn fits(&self, bytes: u64) -> bool {
+        Self::kib(bytes).is_some_and(|k| k <= self.total_kib)
+    }
+
+    /// Waits until `bytes` are free and charges them; `None` if they never fit.
+    pub async fn charge(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = Self::kib(bytes).filter(|&k| k <= self.total_kib)?;
+        self.sem.clone().acquire_many_owned(kib).await.ok()
+    }
+
+    /// Charges `bytes` if they are free now.
+    pub fn try_charge(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = Self::kib(bytes).filter(|&k| k <= self.total_kib)?;
+        self.sem.clone().try_acquire_many_owned(kib).ok()
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> u64 {
+        self.sem.available_permits() as u64 * 1024
+    }
+
+    /// Bytes of a charge.
+    pub fn charged(permit: &OwnedSemaphorePermit) -> u64 {
+        permit.num_permits() as u64 * 1024
+    }
+
+    /// Splits `bytes` off `permit` (a part to keep longer), if it holds that much.
+    pub fn split(permit: &mut OwnedSemaphorePermit, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        permit.split(Self::kib(bytes)? as usize)
     }
 }
 
@@ -175,6 +245,21 @@ impl Drop for StreamSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn memory_budget_charges_and_returns() {
+        let b = MemoryBudget::new(10 << 10);
+        assert!(b.fits(10 << 10) && !b.fits((10 << 10) + 1));
+        assert!(b.charge(11 << 10).await.is_none());
+        let mut big = b.try_charge(6000).unwrap();
+        assert_eq!(MemoryBudget::charged(&big), 6 << 10);
+        assert!(b.try_charge(5 << 10).is_none());
+        let kept = MemoryBudget::split(&mut big, 2048).unwrap();
+        drop(big);
+        assert_eq!(b.available(), 8 << 10);
+        drop(kept);
+        assert_eq!(b.available(), 10 << 10);
+    }
 
     #[tokio::test]
     async fn registry_limits_per_key() {

@@ -20,7 +20,11 @@
 //! - Answers go through a bounded buffer per connection; while it is full the connection
 //!   reads no more frames, and a client that has not read for [`WRITE_TIMEOUT`] is
 //!   disconnected, so it never holds up other connections or the inference queue.
-//! - On shutdown every stream is closed with code 1001 (going away).
+//! - On shutdown every stream is closed with code 1001 (going away); so is a stream that
+//!   sends no frame or message for `--stream-idle-timeout-secs` (while no frame is in
+//!   inference), and one whose peer answers no ping (sent every
+//!   `--stream-ping-interval-secs`) within two intervals. A text message that is not UTF-8
+//!   closes with 1007, a protocol error with 1002 (RFC 6455).
 //!
 //! Frames go through the same admission slots and [`pipeline`] (decode, batching queue) as
 //! HTTP requests, so streams and HTTP requests share forward passes. This module holds only
@@ -83,7 +87,7 @@ See the README for the full protocol.",
         (status = 429, description = "Too many open streams for this API key; see Retry-After", body = crate::error::ErrorResponse),
         (status = 503, description = "Not ready or shutting down", body = crate::error::ErrorResponse),
     ),
-    security(("bearer" = []), ())
+    security(("bearer" = []), ("api_key" = []))
 )]
 pub async fn stream(
     State(state): State<Arc<AppState>>,
@@ -298,7 +302,7 @@ impl Conn {
 
 /// Parses an options message: a JSON object with only `threshold`, `classes` and
 /// `max_detections` (each optional, omitted ones take their defaults).
-fn parse_options(text: &str, labels: &[String]) -> ApiResult<DetectOptions> {
+pub(crate) fn parse_options(text: &str, labels: &[String]) -> ApiResult<DetectOptions> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the options message is not valid JSON: {e}")))?;
     let Some(obj) = value.as_object() else {
@@ -371,6 +375,7 @@ fn read_error_close(e: axum::Error) -> End {
             End::Close(close_code::SIZE, "message too big: above twice the server's --max-body-bytes")
         }
         Some(tungstenite::Error::Protocol(_)) => End::Close(close_code::PROTOCOL, "WebSocket protocol error"),
+        Some(tungstenite::Error::Utf8(_)) => End::Close(close_code::INVALID, "a text message is not valid UTF-8"),
         _ => End::Client,
     }
 }
@@ -391,8 +396,24 @@ async fn run(socket: WebSocket, state: Arc<AppState>, info: Arc<ModelInfo>, slot
         pending: None,
         held: VecDeque::new(),
     };
+    let (idle_timeout, ping_every) = (state.config.stream_idle_timeout, state.config.stream_ping_interval);
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Frames and options messages count as activity; any frame (pongs too) shows the peer
+    // is alive.
+    let (mut last_message, mut last_heard) = (Instant::now(), Instant::now());
     let end = loop {
         let step = tokio::select! {
+            _ = pings.tick() => {
+                if conn.in_flight.is_none() && last_message.elapsed() >= idle_timeout {
+                    metrics::counter!(m::REJECTED, "reason" => "stream_idle").increment(1);
+                    Err(End::Close(close_code::AWAY, "idle: no frame or message within --stream-idle-timeout-secs"))
+                } else if last_heard.elapsed() >= ping_every * 2 {
+                    Err(End::Close(close_code::AWAY, "no answer to pings"))
+                } else {
+                    conn.out.try_send(Message::Ping(Bytes::from_static(b"rtdetr"))).map_err(|_| End::Client)
+                }
+            }
             _ = async {
                 // (the `Ref` it returns must not live across the handlers' awaits)
                 let _ = shutdown.wait_for(|s| *s).await;
@@ -400,9 +421,18 @@ async fn run(socket: WebSocket, state: Arc<AppState>, info: Arc<ModelInfo>, slot
             _ = conn.out.closed() => Err(End::Client),
             (frame, outcome) = in_flight_done(&mut conn.in_flight) => conn.on_done(frame, outcome).await,
             msg = incoming.next() => match msg {
-                Some(Ok(Message::Binary(bytes))) => conn.on_frame(bytes).await,
-                Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                Some(Ok(Message::Binary(bytes))) => {
+                    (last_message, last_heard) = (Instant::now(), Instant::now());
+                    conn.on_frame(bytes).await
+                }
+                Some(Ok(Message::Text(text))) => {
+                    (last_message, last_heard) = (Instant::now(), Instant::now());
+                    conn.on_text(text.as_str()).await
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    last_heard = Instant::now();
+                    Ok(())
+                }
                 Some(Ok(Message::Close(_))) | None => Err(End::Client),
                 Some(Err(e)) => Err(read_error_close(e)),
             },

@@ -16,6 +16,7 @@ pub struct DetectParams {
     #[schema(minimum = 1, maximum = 10000, example = 100)]
     pub max_detections: Option<usize>,
     /// Keep only these classes (label names of the model).
+    #[schema(min_items = 1)]
     pub classes: Option<Vec<String>>,
 }
 
@@ -40,6 +41,14 @@ impl DetectParams {
             Some(names) if names.is_empty() => {
                 return Err(ApiError::invalid_param("classes", "classes must not be empty (omit it to keep all)"))
             }
+            // More names than the model has classes is never needed (and a long list would
+            // cost time on the inference path).
+            Some(names) if names.len() > labels.len().max(1) => {
+                return Err(ApiError::invalid_param(
+                    "classes",
+                    format!("classes lists {} names; this model has {} classes", names.len(), labels.len()),
+                ))
+            }
             Some(names) => {
                 let mut ids = Vec::with_capacity(names.len());
                 for n in names {
@@ -51,6 +60,8 @@ impl DetectParams {
                     })?;
                     ids.push(id);
                 }
+                ids.sort_unstable();
+                ids.dedup();
                 Some(ids)
             }
         };
@@ -62,11 +73,15 @@ impl DetectParams {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct DetectionRequest {
     /// A data URL (`data:image/png;base64,...`), an `http(s)://` URL, or raw base64.
+    #[schema(min_length = 1)]
     pub image: String,
     /// Optional: must equal the served model name when given.
     pub model: Option<String>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub threshold: Option<f32>,
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_detections: Option<usize>,
+    #[schema(min_items = 1)]
     pub classes: Option<Vec<String>>,
     /// Also return the image with the boxes drawn, as a JPEG data URL (`annotated_image`).
     #[serde(default)]
@@ -86,11 +101,18 @@ pub struct DetectionForm {
     /// The image file.
     #[schema(value_type = String, format = Binary)]
     pub image: Vec<u8>,
+    #[schema(nullable = false, minimum = 0.0, maximum = 1.0)]
     pub threshold: Option<f32>,
+    #[schema(nullable = false, minimum = 1, maximum = 10000)]
     pub max_detections: Option<usize>,
     /// Comma-separated label names (or the field repeated).
+    #[schema(nullable = false, min_length = 1)]
     pub classes: Option<String>,
+    #[schema(nullable = false)]
     pub return_image: Option<bool>,
+    /// Must equal the served model name when given.
+    #[schema(nullable = false)]
+    pub model: Option<String>,
 }
 
 /// Milliseconds spent per stage for one image.
@@ -159,8 +181,11 @@ pub struct ChatCompletionRequest {
     pub stream: Option<bool>,
     #[schema(value_type = Option<Object>)]
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub threshold: Option<f32>,
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_detections: Option<usize>,
+    #[schema(min_items = 1)]
     pub classes: Option<Vec<String>>,
 }
 

@@ -24,9 +24,10 @@ mod test_rng;
 
 pub use detector::{Detector, LoadOptions};
 pub use error::{Error, Result};
+pub use io::decode::{decode_image, image_dimensions, load_image};
 pub use io::hub::DEFAULT_MODEL;
 pub use io::postprocess::{BoundingBox, DetectOptions, Detection};
-pub use io::preprocess::{decode_image, image_dimensions, load_image, PreparedImage};
+pub use io::preprocess::PreparedImage;
 pub use kernels::{Precision, WinogradChoice};
 pub use model::{LayerOutput, Model, ModelOutput, StageTimes, Trace};
 

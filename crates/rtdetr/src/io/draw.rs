@@ -31,9 +31,15 @@ pub fn class_color(class_id: usize) -> Rgb<u8> {
 /// Draws the detections onto a copy of `image`.
 pub fn annotate(image: &RgbImage, detections: &[Detection]) -> RgbImage {
     let mut canvas = image.clone();
+    annotate_in_place(&mut canvas, detections);
+    canvas
+}
+
+/// Draws the detections onto `canvas` itself.
+pub fn annotate_in_place(canvas: &mut RgbImage, detections: &[Detection]) {
     let (w, h) = canvas.dimensions();
     if w == 0 || h == 0 {
-        return canvas;
+        return;
     }
     let font = FontRef::try_from_slice(FONT).ok();
     let thickness = ((w.min(h) as f32 / 300.0).round() as i32).clamp(1, 6);
@@ -46,17 +52,16 @@ pub fn annotate(image: &RgbImage, detections: &[Detection]) -> RgbImage {
         let y1 = d.bbox.ymax.max(0.0).min(h as f32 - 1.0) as i32;
         for t in 0..thickness {
             let (bw, bh) = ((x1 - x0 - 2 * t).max(1) as u32, (y1 - y0 - 2 * t).max(1) as u32);
-            draw_hollow_rect_mut(&mut canvas, Rect::at(x0 + t, y0 + t).of_size(bw, bh), color);
+            draw_hollow_rect_mut(canvas, Rect::at(x0 + t, y0 + t).of_size(bw, bh), color);
         }
         if let Some(font) = &font {
             let text = format!("{} {:.2}", d.label, d.score);
             let (tw, th) = text_size(scale, font, &text);
             let ty = if y0 >= th as i32 + 2 { y0 - th as i32 - 2 } else { y0 };
-            draw_filled_rect_mut(&mut canvas, Rect::at(x0, ty).of_size(tw + 4, th + 2), color);
-            draw_text_mut(&mut canvas, Rgb([0, 0, 0]), x0 + 2, ty, scale, font, &text);
+            draw_filled_rect_mut(canvas, Rect::at(x0, ty).of_size(tw + 4, th + 2), color);
+            draw_text_mut(canvas, Rgb([0, 0, 0]), x0 + 2, ty, scale, font, &text);
         }
     }
-    canvas
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! preprocessing, post-processing into detections, drawing.
 
 pub mod config;
+pub mod decode;
 pub mod draw;
 pub(crate) mod hub;
+mod jpeg;
 pub mod postprocess;
 pub mod preprocess;
 pub(crate) mod resize;

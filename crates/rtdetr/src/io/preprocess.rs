@@ -2,103 +2,11 @@
 //! EXIF orientation, conversion to RGB, Pillow-equivalent resize of the 8-bit image,
 //! rescale (1/255), optional normalization, CHW float layout.
 
-use std::io::Cursor;
-use std::path::Path;
-
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::RgbImage;
 
 use crate::error::{Error, Result};
 use crate::io::config::PreprocessorConfig;
 use crate::io::resize::{resize_rgb8, Filter};
-
-/// Default cap on decoded pixels (about 8K x 8K); guards against decompression bombs.
-pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
-
-/// Reads the dimensions from the image header without decoding the pixels.
-pub fn image_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::Image(format!("cannot read image: {e}")))?;
-    if reader.format().is_none() {
-        return Err(Error::Image("unsupported or unrecognised image format".into()));
-    }
-    reader.into_dimensions().map_err(|e| Error::Image(format!("cannot read image header: {e}")))
-}
-
-/// Decodes JPEG, PNG, WebP, BMP or GIF (first frame) bytes to RGB, applying the EXIF
-/// orientation. Images above `max_pixels` are refused from their header, before decoding.
-pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
-    let (w, h) = image_dimensions(bytes)?;
-    if w == 0 || h == 0 {
-        return Err(Error::Image("image has zero width or height".into()));
-    }
-    if u64::from(w) * u64::from(h) > max_pixels {
-        return Err(Error::Image(format!(
-            "image is {w}x{h} = {} pixels, above the limit of {max_pixels}",
-            u64::from(w) * u64::from(h)
-        )));
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::Image(format!("cannot read image: {e}")))?;
-    let format = reader.format().ok_or_else(|| Error::Image("unsupported or unrecognised image format".into()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
-    // Room for a 16-bit RGBA decode of the announced size plus the RGB copy.
-    limits.max_alloc = Some(max_pixels.saturating_mul(12).max(1 << 20));
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| Error::Image(format!("cannot decode image: {e}")))?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = match format {
-        // Pillow decodes JPEG with libjpeg-turbo; other decoders differ by a few levels in
-        // chroma upsampling, so use the same library for identical pixels.
-        image::ImageFormat::Jpeg => match decode_jpeg_libjpeg(bytes)? {
-            Some(rgb) => DynamicImage::ImageRgb8(rgb),
-            None => {
-                DynamicImage::from_decoder(decoder).map_err(|e| Error::Image(format!("cannot decode image: {e}")))?
-            }
-        },
-        _ => DynamicImage::from_decoder(decoder).map_err(|e| Error::Image(format!("cannot decode image: {e}")))?,
-    };
-    img.apply_orientation(orientation);
-    Ok(img.into_rgb8())
-}
-
-/// Decodes a JPEG with libjpeg (through mozjpeg, whose decoder is libjpeg-turbo's).
-/// `Ok(None)` when libjpeg cannot produce RGB (e.g. CMYK): the caller falls back.
-fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>> {
-    // libjpeg only warns on a missing end of image and pads with grey: refuse instead.
-    let tail = &bytes[bytes.len().saturating_sub(4096)..];
-    if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
-        return Err(Error::Image("truncated JPEG (no end-of-image marker)".into()));
-    }
-    let result = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
-        let d = mozjpeg::Decompress::new_mem(bytes)?;
-        if matches!(d.color_space(), mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK) {
-            return Ok(None);
-        }
-        let mut started = d.rgb()?;
-        let (w, h) = (started.width() as u32, started.height() as u32);
-        let pixels: Vec<u8> = started.read_scanlines()?;
-        started.finish()?;
-        Ok(RgbImage::from_raw(w, h, pixels))
-    });
-    match result {
-        Ok(Ok(img)) => Ok(img),
-        Ok(Err(e)) => Err(Error::Image(format!("cannot decode JPEG: {e}"))),
-        Err(_) => Err(Error::Image("cannot decode JPEG: corrupt data".into())),
-    }
-}
-
-/// Reads and decodes an image file.
-pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_image(&bytes, DEFAULT_MAX_PIXELS).map_err(|e| match e {
-        Error::Image(m) => Error::Image(format!("{}: {m}", path.display())),
-        other => other,
-    })
-}
 
 /// One image ready for the network: what the engine needs to run it and to scale its
 /// boxes back. Plain data, cheap to send between threads.
@@ -158,6 +66,16 @@ impl Preprocessor {
     /// The (height, width) the model will see for an image of the given size.
     pub fn output_size(&self, img_h: usize, img_w: usize) -> (usize, usize) {
         self.size.unwrap_or((img_h, img_w))
+    }
+
+    /// Bytes that preprocessing an image of `width` x `height` allocates beyond the image:
+    /// the resampler's intermediate 8-bit image and coefficient tables, the resized image
+    /// and its f32 pixels.
+    pub fn scratch_bytes(&self, width: u32, height: u32) -> u64 {
+        let (w, h) = (u64::from(width), u64::from(height));
+        let (oh, ow) = self.output_size(height as usize, width as usize);
+        let (oh, ow) = (oh as u64, ow as u64);
+        3 * (ow * h).max(w * oh) + 15 * ow * oh + 32 * (w + h)
     }
 
     /// Preprocesses one image for [`crate::Detector::detect_prepared`].
