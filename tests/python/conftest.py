@@ -2,7 +2,8 @@
 
 The server under test is either already running (RTDETR_SERVER_URL, as `.ci/run` does) or
 started here from RTDETR_BIN (default target/release/rtdetr) on an ephemeral loopback port.
-Either way it serves the tiny fixture model with --allow-private-urls and an API key.
+Either way it serves two fixture models (an RT-DETR first, the default, and an RT-DETRv2 of
+other classes and input size: `--model A --model B`) with --allow-private-urls and an API key.
 """
 
 import functools
@@ -21,6 +22,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "crates/rtdetr/tests/fixtures/tiny-bottleneck"
+# The second model of the server (served under its directory name).
+SECOND_MODEL_DIR = ROOT / "crates/rtdetr/tests/fixtures/tiny-v2"
 IMAGES_DIR = ROOT / "crates/rtdetr/tests/fixtures/images"
 BIN = pathlib.Path(os.environ.get("RTDETR_BIN", ROOT / "target/release/rtdetr"))
 
@@ -52,7 +55,17 @@ def server():
     key = "test-" + secrets.token_hex(8)
     env = dict(os.environ, RTDETR_API_KEYS=key)
     proc = subprocess.Popen(
-        [str(BIN), "serve", "--model", str(MODEL_DIR), "--port", "0", "--allow-private-urls"],
+        [
+            str(BIN),
+            "serve",
+            "--model",
+            str(MODEL_DIR),
+            "--model",
+            str(SECOND_MODEL_DIR),
+            "--port",
+            "0",
+            "--allow-private-urls",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -92,7 +105,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @functools.lru_cache(maxsize=None)
-def cli_detections(image_name, threshold):
+def cli_detections(image_name, threshold, model_dir=MODEL_DIR):
     """What `rtdetr detect --json` prints for one fixture image."""
     out = subprocess.run(
         [
@@ -100,7 +113,7 @@ def cli_detections(image_name, threshold):
             "detect",
             "--json",
             "--model",
-            str(MODEL_DIR),
+            str(model_dir),
             "--threshold",
             str(threshold),
             str(IMAGES_DIR / image_name),

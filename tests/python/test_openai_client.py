@@ -12,7 +12,7 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import IMAGES_DIR, cli_detections
+from conftest import IMAGES_DIR, SECOND_MODEL_DIR, cli_detections
 
 IMAGES = ["photo.png", "photo_exif.jpg", "gray.png", "rgba.png"]
 THRESHOLD = 0.3
@@ -112,7 +112,7 @@ def test_streaming_equals_non_streaming(server):
 def test_models_and_errors(server):
     url, _, model = server
     client = client_for(server)
-    assert [m.id for m in client.models.list()] == [model]
+    assert [m.id for m in client.models.list()] == [model, SECOND_MODEL_DIR.name]
     with pytest.raises(openai.NotFoundError) as e:
         ask(client, "gpt-4o", [data_url("gray.png")])
     assert e.value.code == "model_not_found"
@@ -124,6 +124,22 @@ def test_models_and_errors(server):
     with pytest.raises(openai.BadRequestError) as e:
         ask(client, model, ["data:image/png;base64,@@@"])
     assert e.value.code == "invalid_base64"
+
+
+@pytest.mark.parametrize("name", ["photo.png", "rgba.png"])
+def test_two_models_in_one_server(server, name):
+    """Each request runs on the model it names; the answers equal the CLI's for that model."""
+    _, _, first = server
+    client = client_for(server)
+    answers = {}
+    for model, model_dir in [(first, None), (SECOND_MODEL_DIR.name, SECOND_MODEL_DIR)]:
+        resp = ask(client, model, [data_url(name)])
+        assert resp.model == model
+        got = json.loads(resp.choices[0].message.content)["results"][0]
+        want = cli_detections(name, THRESHOLD, model_dir) if model_dir else cli_detections(name, THRESHOLD)
+        assert_same(f"{model} {name}", got, want)
+        answers[model] = got["detections"]
+    assert answers[first] != answers[SECOND_MODEL_DIR.name], "the two models answered alike"
 
 
 def test_native_detections_endpoint(server):

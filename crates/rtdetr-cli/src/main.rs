@@ -37,7 +37,8 @@ pub struct ModelArgs {
     pub precision: PrecisionArg,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum PrecisionArg {
     F32,
     Bf16,

@@ -8,14 +8,32 @@ use rtdetr_server::config::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_MEMORY, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_DECODE_MEMORY,
     DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_STREAMS_PER_KEY,
 };
-use rtdetr_server::{ApiKeys, RunningServer, ServerConfig};
+use rtdetr_server::{ApiKeys, ModelSpec, RunningServer, ServerConfig};
 
-use crate::ModelArgs;
+use crate::{ModelArgs, PrecisionArg};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// Checkpoint to serve: a local directory or a Hugging Face Hub id. Repeat to serve
+    /// several from one server (clients pick one with the request's `model`); the first is
+    /// the default for requests that name none. Default: the Hub's r50vd.
+    #[arg(long = "model", short = 'm', value_name = "MODEL")]
+    pub models: Vec<String>,
+    /// Input size of every --model: one multiple of 32 (square) or HxW (default: each
+    /// checkpoint's preprocessor_config.json).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Run only the first N decoder layers of every --model.
+    #[arg(long)]
+    pub decoder_layers: Option<usize>,
+    /// Arithmetic of every --model (f32, or bf16 where the CPU has it).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+    /// A JSON file listing models with their own options, served after the --model ones:
+    /// `[{"model": "PekingU/rtdetr_r18vd", "served_model_name": "fast", "precision": "bf16",
+    /// "size": 640, "decoder_layers": 3, "default": true}, ...]`.
+    #[arg(long, value_name = "FILE")]
+    pub models_config: Option<std::path::PathBuf>,
     /// Address to listen on (0.0.0.0 or :: to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -26,9 +44,10 @@ pub struct ServeArgs {
     /// RTDETR_API_KEYS, comma separated). Without any key the server is open to anyone.
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<String>,
-    /// Model name that clients pass as `model` (default: the checkpoint directory's name or the Hub id).
-    #[arg(long)]
-    pub served_model_name: Option<String>,
+    /// Name clients pass as `model`, one per --model in order (default: the checkpoint
+    /// directory's name or the Hub id).
+    #[arg(long = "served-model-name", value_name = "NAME")]
+    pub served_model_names: Vec<String>,
     /// Most images per forward pass (2 keeps r50vd's serving peak RSS at 907 MiB, 4 reaches
     /// 1.03 GiB; larger batches do not raise serving throughput on small CPUs).
     #[arg(long, default_value_t = 2)]
@@ -90,6 +109,85 @@ pub struct ServeArgs {
     pub stream_ping_interval_secs: u64,
 }
 
+/// One entry of `--models-config`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelEntry {
+    model: String,
+    served_model_name: Option<String>,
+    precision: Option<PrecisionArg>,
+    size: Option<serde_json::Value>,
+    decoder_layers: Option<usize>,
+    #[serde(default)]
+    default: bool,
+}
+
+/// The models to serve, the default first: the --model flags (with the shared load flags
+/// and --served-model-name), then the --models-config entries.
+fn served_models(args: &ServeArgs) -> anyhow::Result<Vec<(String, ModelArgs)>> {
+    if args.served_model_names.len() > args.models.len().max(1) {
+        anyhow::bail!(
+            "{} --served-model-name for {} --model: give at most one name per model",
+            args.served_model_names.len(),
+            args.models.len().max(1)
+        );
+    }
+    let mut models: Vec<String> = args.models.clone();
+    if models.is_empty() && args.models_config.is_none() {
+        models.push(rtdetr::DEFAULT_MODEL.to_string());
+    }
+    let mut out: Vec<(String, ModelArgs)> = models
+        .into_iter()
+        .enumerate()
+        .map(|(i, model)| {
+            let name = args.served_model_names.get(i).cloned().unwrap_or_else(|| default_served_name(&model));
+            let load = ModelArgs {
+                model,
+                size: args.size.clone(),
+                decoder_layers: args.decoder_layers,
+                precision: args.precision,
+            };
+            (name, load)
+        })
+        .collect();
+    if let Some(path) = &args.models_config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let entries: Vec<ModelEntry> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: expected a JSON list of {{\"model\", ...}} objects", path.display()))?;
+        let mut default = None;
+        for e in entries {
+            let size = match e.size {
+                None => None,
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                Some(other) => anyhow::bail!("{}: size must be a number or \"HxW\", got {other}", path.display()),
+            };
+            let name = e.served_model_name.clone().unwrap_or_else(|| default_served_name(&e.model));
+            if e.default {
+                if default.is_some() {
+                    anyhow::bail!("{}: more than one model is marked default", path.display());
+                }
+                default = Some(out.len());
+            }
+            let load = ModelArgs {
+                model: e.model,
+                size,
+                decoder_layers: e.decoder_layers,
+                precision: e.precision.unwrap_or(args.precision),
+            };
+            out.push((name, load));
+        }
+        if let Some(i) = default {
+            let entry = out.remove(i);
+            out.insert(0, entry);
+        }
+        if out.is_empty() {
+            anyhow::bail!("{}: no model listed", path.display());
+        }
+    }
+    Ok(out)
+}
+
 fn default_served_name(model: &str) -> String {
     let path = std::path::Path::new(model);
     if path.is_dir() {
@@ -127,9 +225,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     if let Ok(v) = std::env::var("RTDETR_API_KEYS") {
         keys.push(v);
     }
-    let served_model_name = args.served_model_name.clone().unwrap_or_else(|| default_served_name(&args.model.model));
+    let models = served_models(&args)?;
+    let names: Vec<String> = models.iter().map(|(name, _)| name.clone()).collect();
     let config = ServerConfig {
-        served_model_name: served_model_name.clone(),
+        served_model_name: names[0].clone(),
         api_keys: ApiKeys::new(keys),
         max_batch_size: args.max_batch_size,
         max_batch_delay: Duration::from_millis(args.max_batch_delay_ms),
@@ -158,10 +257,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
-        let model = args.model.clone();
-        let server = RunningServer::start(config, Box::new(move || model.load()), listener).await?;
+        let specs =
+            models.into_iter().map(|(name, load)| ModelSpec { name, loader: Box::new(move || load.load()) }).collect();
+        let server = RunningServer::start_models(config, specs, listener).await?;
         println!(
-            "rtdetr serve: listening on http://{addr} (model {served_model_name:?}; ready when /health answers 200)"
+            "rtdetr serve: listening on http://{addr} (models {names:?}, default {:?}; ready when /health answers 200)",
+            names[0]
         );
         let _ = std::io::stdout().flush();
         let handle = server.shutdown_handle();
@@ -175,4 +276,76 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         server.wait().await
     })?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).expect("flags").serve
+    }
+
+    fn summary(models: &[(String, ModelArgs)]) -> Vec<(String, String, Option<String>, PrecisionArg)> {
+        models.iter().map(|(n, m)| (n.clone(), m.model.clone(), m.size.clone(), m.precision)).collect()
+    }
+
+    #[test]
+    fn models_from_flags_and_a_config_file() {
+        let s = |v: &str| v.to_string();
+        let one = served_models(&parse(&[])).unwrap();
+        assert_eq!(summary(&one), [(s(rtdetr::DEFAULT_MODEL), s(rtdetr::DEFAULT_MODEL), None, PrecisionArg::F32)]);
+        let two =
+            served_models(&parse(&["--model", "a/b", "--model", "c/d", "--served-model-name", "x", "--size", "320"]))
+                .unwrap();
+        assert_eq!(
+            summary(&two),
+            [
+                (s("x"), s("a/b"), Some(s("320")), PrecisionArg::F32),
+                (s("c/d"), s("c/d"), Some(s("320")), PrecisionArg::F32)
+            ]
+        );
+        assert!(
+            served_models(&parse(&["--model", "a/b", "--served-model-name", "x", "--served-model-name", "y"])).is_err()
+        );
+
+        let dir = std::env::temp_dir().join(format!("rtdetr-models-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("models.json");
+        std::fs::write(
+            &file,
+            r#"[{"model": "e/f", "served_model_name": "fast", "precision": "bf16", "size": "480x640", "decoder_layers": 3},
+                {"model": "g/h", "size": 800, "default": true}]"#,
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let all = served_models(&parse(&["--model", "a/b", "--models-config", f])).unwrap();
+        assert_eq!(
+            summary(&all),
+            [
+                (s("g/h"), s("g/h"), Some(s("800")), PrecisionArg::F32),
+                (s("a/b"), s("a/b"), None, PrecisionArg::F32),
+                (s("fast"), s("e/f"), Some(s("480x640")), PrecisionArg::Bf16),
+            ]
+        );
+        assert_eq!(all[2].1.decoder_layers, Some(3));
+        for bad in [
+            r#"[{"model": "a", "colour": 1}]"#,
+            r#"[{"model": "a", "size": true}]"#,
+            "[]",
+            "{",
+            r#"[{"model": "a", "default": true}, {"model": "b", "default": true}]"#,
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            assert!(served_models(&parse(&["--models-config", f])).is_err(), "{bad}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

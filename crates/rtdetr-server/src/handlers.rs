@@ -21,19 +21,8 @@ use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::input::{annotated_jpeg_data_url, parse_image_ref, ImageSource};
 use crate::metrics as m;
 use crate::pipeline::{self, KeptImage};
-use crate::state::{unix_now, AppState, MemoryBudget};
+use crate::state::{unix_now, AppState, MemoryBudget, ServedModel};
 use crate::types::*;
-
-fn check_model(state: &AppState, model: &str) -> ApiResult<()> {
-    if model != state.config.served_model_name {
-        return Err(ApiError::not_found(
-            "model_not_found",
-            format!("the model {model:?} does not exist; this server serves {:?}", state.config.served_model_name),
-        )
-        .with_param("model"));
-    }
-    Ok(())
-}
 
 #[derive(Debug)]
 enum BodyKind {
@@ -245,7 +234,7 @@ pub async fn detections(State(state): State<Arc<AppState>>, req: Request) -> Res
 
 async fn detections_inner(state: &AppState, req: Request, deadline: Instant) -> ApiResult<Response> {
     let start = Instant::now();
-    let info = state.ready()?;
+    state.serving()?;
     let kind = body_kind(req.headers());
     if let BodyKind::Other(ct) = &kind {
         return Err(unsupported_body(ct, "application/json or multipart/form-data"));
@@ -261,20 +250,19 @@ async fn detections_inner(state: &AppState, req: Request, deadline: Instant) -> 
         }
     };
     drop(received);
-    if let Some(model) = &model {
-        check_model(state, model)?;
-    }
+    let model = state.find_model(model.as_deref())?;
+    let info = state.ready(&model)?;
     let options = params.to_options(&info.labels)?;
     // Admission after the body: a slow upload holds no slot.
     let _permit = state.admit(1)?;
-    let mut out = pipeline::detect(state, &info, source, options, deadline, return_image).await?;
+    let mut out = pipeline::detect(state, &model, &info, source, options, deadline, return_image).await?;
     let annotated_image = match out.image.take() {
         Some(image) => Some(annotate(image, &out.detections).await?),
         None => None,
     };
     out.timings.total = millis(start.elapsed());
     Ok(Json(DetectionResponse {
-        model: state.config.served_model_name.clone(),
+        model: model.name.clone(),
         width: out.width,
         height: out.height,
         detections: out.detections,
@@ -446,7 +434,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) 
 }
 
 async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiResult<Response> {
-    let info = state.ready()?;
+    state.serving()?;
     match body_kind(req.headers()) {
         BodyKind::Json => {}
         BodyKind::Multipart => return Err(unsupported_body("multipart/form-data", "application/json")),
@@ -456,7 +444,8 @@ async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiRes
     let received = read_body(state, &parts.headers, body).await?;
     let body: ChatCompletionRequest = parse_json(&received.bytes)?;
     drop(received);
-    check_model(state, &body.model)?;
+    let model = state.find_model(Some(&body.model))?;
+    let info = state.ready(&model)?;
     let images = collect_images(&body.messages)?;
     if images.is_empty() {
         return Err(ApiError::bad_request(
@@ -478,7 +467,7 @@ async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiRes
     let _permits = state.admit(images.len())?;
     let n_images = images.len() as u64;
     let outcomes = futures_util::future::try_join_all(
-        images.into_iter().map(|src| pipeline::detect(state, &info, src, options.clone(), deadline, false)),
+        images.into_iter().map(|src| pipeline::detect(state, &model, &info, src, options.clone(), deadline, false)),
     )
     .await?;
     let detections: u64 = outcomes.iter().map(|o| o.detections.len() as u64).sum();
@@ -491,7 +480,7 @@ async fn chat_inner(state: &AppState, req: Request, deadline: Instant) -> ApiRes
     let content = serde_json::to_string(&content).map_err(|e| ApiError::internal(e.to_string()))?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = unix_now();
-    let model = state.config.served_model_name.clone();
+    let model = model.name.clone();
     let usage = Usage { prompt_tokens: n_images, completion_tokens: detections, total_tokens: n_images + detections };
     if body.stream.unwrap_or(false) {
         let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -545,16 +534,11 @@ fn stream_response(id: String, created: u64, model: String, content: String, usa
     resp
 }
 
-fn model_entry(state: &AppState) -> Model {
-    Model {
-        id: state.config.served_model_name.clone(),
-        object: "model".into(),
-        created: state.created,
-        owned_by: "rtdetr".into(),
-    }
+fn model_entry(state: &AppState, model: &ServedModel) -> Model {
+    Model { id: model.name.clone(), object: "model".into(), created: state.created, owned_by: "rtdetr".into() }
 }
 
-/// OpenAI model list: the one served model.
+/// OpenAI model list: every served model, the default one first.
 #[utoipa::path(
     get,
     path = "/v1/models",
@@ -566,7 +550,7 @@ fn model_entry(state: &AppState) -> Model {
     security(("bearer" = []))
 )]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
-    Json(ModelList { object: "list".into(), data: vec![model_entry(&state)] })
+    Json(ModelList { object: "list".into(), data: state.models.iter().map(|m| model_entry(&state, m)).collect() })
 }
 
 /// One model by id.
@@ -583,11 +567,11 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> 
     security(("bearer" = []))
 )]
 pub async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Model>> {
-    check_model(&state, &id)?;
-    Ok(Json(model_entry(&state)))
+    let model = state.find_model(Some(&id))?;
+    Ok(Json(model_entry(&state, &model)))
 }
 
-/// 200 once the model is loaded and warmed up; 503 while loading or shutting down.
+/// 200 once every model is loaded and warmed up; 503 while loading or shutting down.
 #[utoipa::path(
     get,
     path = "/health",
@@ -598,8 +582,14 @@ pub async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String
     )
 )]
 pub async fn health(State(state): State<Arc<AppState>>) -> ApiResult<Json<Health>> {
-    state.ready()?;
-    Ok(Json(Health { status: "ok".into(), model: state.config.served_model_name.clone() }))
+    for model in &state.models {
+        state.ready(model)?;
+    }
+    Ok(Json(Health {
+        status: "ok".into(),
+        model: state.default_model.name.clone(),
+        models: state.models.iter().map(|m| m.name.clone()).collect(),
+    }))
 }
 
 /// Prometheus metrics.
@@ -610,7 +600,9 @@ pub async fn health(State(state): State<Arc<AppState>>) -> ApiResult<Json<Health
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
 )]
 pub async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
-    metrics::gauge!(m::QUEUE_DEPTH).set(state.queue.depth() as f64);
+    for model in &state.models {
+        metrics::gauge!(m::QUEUE_DEPTH, "model" => model.name.clone()).set(model.queue.depth() as f64);
+    }
     state.record_in_flight();
     let body = m::render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()

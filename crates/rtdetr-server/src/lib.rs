@@ -51,5 +51,5 @@ pub use config::ServerConfig;
 pub use error::{ApiError, ErrorResponse};
 pub use fetch::{AddressPolicy, FetchConfig};
 pub use queue::{InferenceQueue, ModelLoader};
-pub use server::{router, RunningServer, ShutdownHandle};
+pub use server::{router, ModelSpec, RunningServer, ShutdownHandle};
 pub use state::AppState;

@@ -19,7 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::input::{decode_and_prepare, decode_base64, read_header, ImageSource};
 use crate::metrics as m;
 use crate::queue::{InferenceRequest, InferenceResult, ModelInfo, QueueError};
-use crate::state::{AppState, MemoryBudget};
+use crate::state::{AppState, MemoryBudget, ServedModel};
 use crate::types::{millis, Timings};
 
 /// One image's detections.
@@ -59,6 +59,7 @@ impl Drop for CancelOnDrop {
 /// sets the cancel flag, which the decoder checks between JPEG scans and between reads.
 pub async fn detect(
     state: &AppState,
+    model: &ServedModel,
     info: &Arc<ModelInfo>,
     source: ImageSource,
     options: DetectOptions,
@@ -141,7 +142,7 @@ pub async fn detect(
     let (width, height) = prepared.input.image_size;
     let request = InferenceRequest { image: prepared.input, options, deadline: deadline.into_std() };
     let image = prepared.image.map(|image| KeptImage { image, charge: kept_charge });
-    let result = infer(state, request).await?;
+    let result = infer(model, request).await?;
     timings.queue = millis(result.queue_time);
     timings.inference = millis(result.inference_time);
     timings.batch_size = result.batch_size;
@@ -153,9 +154,9 @@ pub async fn within<T>(deadline: Instant, work: impl Future<Output = ApiResult<T
     tokio::time::timeout_at(deadline, work).await.unwrap_or_else(|_| Err(deadline_error()))
 }
 
-/// Queues one prepared image and waits for its detections.
-async fn infer(state: &AppState, request: InferenceRequest) -> ApiResult<InferenceResult> {
-    let rx = state.queue.submit(request).map_err(queue_error)?;
+/// Queues one prepared image on its model's queue and waits for its detections.
+async fn infer(model: &ServedModel, request: InferenceRequest) -> ApiResult<InferenceResult> {
+    let rx = model.queue.submit(request).map_err(queue_error)?;
     let result = rx
         .await
         .map_err(|_| ApiError::unavailable("shutting_down", "the inference queue stopped"))?

@@ -30,6 +30,8 @@ pub type ModelLoader = Box<dyn FnOnce() -> anyhow::Result<Detector> + Send>;
 /// Batching parameters.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
+    /// The served model's name (the `model` label of the queue's metrics).
+    pub model: String,
     pub max_batch_size: usize,
     pub max_batch_delay: Duration,
     /// Jobs the channel holds (live ones are bounded by the server's admission permits).
@@ -41,7 +43,13 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { max_batch_size: 4, max_batch_delay: Duration::from_millis(5), capacity: 128, test_batch_delay: None }
+        Self {
+            model: "rtdetr".into(),
+            max_batch_size: 4,
+            max_batch_delay: Duration::from_millis(5),
+            capacity: 128,
+            test_batch_delay: None,
+        }
     }
 }
 
@@ -107,6 +115,7 @@ pub struct QueueStats {
 
 /// Handle to the inference thread.
 pub struct InferenceQueue {
+    model: String,
     tx: Mutex<Option<SyncSender<Job>>>,
     depth: Arc<AtomicUsize>,
     stats: Arc<QueueStats>,
@@ -123,6 +132,7 @@ impl InferenceQueue {
         let depth = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(QueueStats::default());
         let (d, s) = (depth.clone(), stats.clone());
+        let model = config.model.clone();
         let spawned = std::thread::Builder::new().name("rtdetr-inference".into()).spawn(move || {
             let detector = match std::panic::catch_unwind(AssertUnwindSafe(loader)) {
                 Ok(Ok(det)) => det,
@@ -140,7 +150,7 @@ impl InferenceQueue {
                 let _ = state_tx.send(ModelState::Failed(format!("warm-up failed: {e}")));
                 return;
             }
-            tracing::info!(warmup_ms = started.elapsed().as_millis() as u64, "model warmed up");
+            tracing::info!(model = %config.model, warmup_ms = started.elapsed().as_millis() as u64, "model warmed up");
             let info = ModelInfo { labels: detector.labels().to_vec(), preprocessor: detector.preprocessor().clone() };
             let _ = state_tx.send(ModelState::Ready(Arc::new(info)));
             batch_loop(&detector, rx, &config, &d, &s);
@@ -152,10 +162,17 @@ impl InferenceQueue {
                 // The closure (and its state sender) is gone: report the failure through a
                 // fresh channel whose sender is dropped, so waiters see it at once.
                 let (_, failed) = watch::channel(ModelState::Failed(format!("cannot start the inference thread: {e}")));
-                return Arc::new(Self { tx: Mutex::new(None), depth, stats, state: failed, thread: Mutex::new(None) });
+                return Arc::new(Self {
+                    model,
+                    tx: Mutex::new(None),
+                    depth,
+                    stats,
+                    state: failed,
+                    thread: Mutex::new(None),
+                });
             }
         };
-        Arc::new(Self { tx: Mutex::new(Some(tx)), depth, stats, state: state_rx, thread: Mutex::new(thread) })
+        Arc::new(Self { model, tx: Mutex::new(Some(tx)), depth, stats, state: state_rx, thread: Mutex::new(thread) })
     }
 
     pub fn state(&self) -> ModelState {
@@ -181,6 +198,11 @@ impl InferenceQueue {
         }
     }
 
+    /// The served model's name.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     pub fn stats(&self) -> &QueueStats {
         &self.stats
     }
@@ -202,7 +224,7 @@ impl InferenceQueue {
         let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
         match tx.try_send(Job { req, enqueued: Instant::now(), reply }) {
             Ok(()) => {
-                metrics::gauge!(m::QUEUE_DEPTH).set(depth as f64);
+                metrics::gauge!(m::QUEUE_DEPTH, "model" => self.model.clone()).set(depth as f64);
                 Ok(rx)
             }
             Err(e) => {
@@ -257,7 +279,7 @@ fn batch_loop(detector: &Detector, rx: Receiver<Job>, cfg: &QueueConfig, depth: 
             }
         }
         let left = depth.fetch_sub(batch.len(), Ordering::Relaxed).saturating_sub(batch.len());
-        metrics::gauge!(m::QUEUE_DEPTH).set(left as f64);
+        metrics::gauge!(m::QUEUE_DEPTH, "model" => cfg.model.clone()).set(left as f64);
         if let Some(d) = cfg.test_batch_delay {
             std::thread::sleep(d);
         }
@@ -286,12 +308,12 @@ fn batch_loop(detector: &Detector, rx: Receiver<Job>, cfg: &QueueConfig, depth: 
             let size = batch[0].req.image.input_size;
             let (group, rest): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.req.image.input_size == size);
             batch = rest;
-            run_group(detector, group, stats);
+            run_group(detector, group, stats, &cfg.model);
         }
     }
 }
 
-fn run_group(detector: &Detector, group: Vec<Job>, stats: &QueueStats) {
+fn run_group(detector: &Detector, group: Vec<Job>, stats: &QueueStats, model: &str) {
     let n = group.len();
     let started = Instant::now();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| infer(detector, &group)));
@@ -299,8 +321,8 @@ fn run_group(detector: &Detector, group: Vec<Job>, stats: &QueueStats) {
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.images.fetch_add(n as u64, Ordering::Relaxed);
     stats.max_batch_seen.fetch_max(n, Ordering::Relaxed);
-    metrics::histogram!(m::BATCH_SIZE).record(n as f64);
-    metrics::histogram!(m::INFERENCE_DURATION).record(elapsed.as_secs_f64());
+    metrics::histogram!(m::BATCH_SIZE, "model" => model.to_string()).record(n as f64);
+    metrics::histogram!(m::INFERENCE_DURATION, "model" => model.to_string()).record(elapsed.as_secs_f64());
     let outcome = match result {
         Ok(Ok(dets)) => Ok(dets),
         Ok(Err(e)) => Err(QueueError::Failed(e.to_string())),
@@ -310,7 +332,7 @@ fn run_group(detector: &Detector, group: Vec<Job>, stats: &QueueStats) {
         Ok(all) => {
             for (job, detections) in group.into_iter().zip(all) {
                 let queue_time = started.saturating_duration_since(job.enqueued);
-                metrics::histogram!(m::QUEUE_WAIT).record(queue_time.as_secs_f64());
+                metrics::histogram!(m::QUEUE_WAIT, "model" => model.to_string()).record(queue_time.as_secs_f64());
                 let _ = job.reply.send(Ok(InferenceResult {
                     detections,
                     queue_time,

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::queue::{InferenceQueue, ModelLoader, QueueConfig};
-use crate::state::AppState;
+use crate::state::{AppState, ServedModel};
 use crate::{handlers, metrics as m, openapi, pages, stream};
 
 /// The id of a request (`x-request-id`, generated when absent), in request extensions.
@@ -146,6 +146,13 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// A model to serve: the name clients pass as `model`, and how to load it (on its
+/// inference thread).
+pub struct ModelSpec {
+    pub name: String,
+    pub loader: ModelLoader,
+}
+
 /// A server running on a tokio runtime.
 pub struct RunningServer {
     addr: SocketAddr,
@@ -161,7 +168,7 @@ pub struct RunningServer {
 /// on its connections. Not loaded (e.g. a load failure): no wait.
 async fn wait_drained(state: &AppState) {
     let start = Instant::now();
-    if !matches!(state.queue.state(), crate::queue::ModelState::Ready(_)) {
+    if !state.models.iter().any(|m| matches!(m.queue.state(), crate::queue::ModelState::Ready(_))) {
         return;
     }
     tracing::info!(
@@ -193,7 +200,28 @@ impl RunningServer {
     /// model on the inference thread, then answers requests. If the model fails to load the
     /// server stops and [`RunningServer::wait`] returns the error.
     pub async fn start(config: ServerConfig, loader: ModelLoader, listener: TcpListener) -> anyhow::Result<Self> {
+        let name = config.served_model_name.clone();
+        Self::start_models(config, vec![ModelSpec { name, loader }], listener).await
+    }
+
+    /// [`start`](Self::start) with several models, each on its own inference thread with its
+    /// own batches; the first is the default for requests that name none. The server is
+    /// ready (`/health` 200) once every model is; if one fails to load, the server stops.
+    pub async fn start_models(
+        config: ServerConfig,
+        models: Vec<ModelSpec>,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let mut names = std::collections::HashSet::new();
+        for spec in &models {
+            if spec.name.trim().is_empty() {
+                anyhow::bail!("a served model name must not be empty");
+            }
+            if !names.insert(spec.name.as_str()) {
+                anyhow::bail!("two models are served as {:?}: give each its own --served-model-name", spec.name);
+            }
+        }
         let mut config = config;
         // A downloaded image is capped like an uploaded one.
         config.fetch.max_bytes = config.fetch.max_bytes.min(config.max_body_bytes);
@@ -207,31 +235,39 @@ impl RunningServer {
         } else {
             tracing::info!(keys = config.api_keys.len(), "API key authentication enabled");
         }
-        let queue = InferenceQueue::start(
-            loader,
-            QueueConfig {
-                max_batch_size: config.max_batch_size,
-                max_batch_delay: config.max_batch_delay,
-                capacity: config.max_queue.saturating_mul(2),
-                test_batch_delay: config.test_batch_delay,
-            },
-        );
-        let state = Arc::new(AppState::new(config, queue));
+        let served: Vec<Arc<ServedModel>> = models
+            .into_iter()
+            .map(|spec| {
+                let queue = InferenceQueue::start(
+                    spec.loader,
+                    QueueConfig {
+                        model: spec.name.clone(),
+                        max_batch_size: config.max_batch_size,
+                        max_batch_delay: config.max_batch_delay,
+                        capacity: config.max_queue.saturating_mul(2),
+                        test_batch_delay: config.test_batch_delay,
+                    },
+                );
+                Arc::new(ServedModel { name: spec.name, queue })
+            })
+            .collect();
+        let mut served = served.into_iter();
+        let default_model = served.next().ok_or_else(|| anyhow::anyhow!("no model to serve"))?;
+        let state = Arc::new(AppState::new(config, default_model, served.collect()));
         let (stop_tx, _) = watch::channel(false);
         let stop = Arc::new(stop_tx);
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
 
-        // Stop if the model cannot be loaded.
-        {
-            let (queue, stop, failure) = (state.queue.clone(), stop.clone(), failure.clone());
-            let name = state.config.served_model_name.clone();
+        // Stop if a model cannot be loaded.
+        for model in &state.models {
+            let (model, stop, failure) = (model.clone(), stop.clone(), failure.clone());
             tokio::spawn(async move {
-                match queue.wait_ready().await {
-                    Ok(_) => tracing::info!(model = %name, "ready: model loaded and warmed up"),
+                match model.queue.wait_ready().await {
+                    Ok(_) => tracing::info!(model = %model.name, "ready: model loaded and warmed up"),
                     Err(e) => {
-                        tracing::error!("cannot load the model: {e}");
+                        tracing::error!(model = %model.name, "cannot load the model: {e}");
                         if let Ok(mut f) = failure.lock() {
-                            *f = Some(e);
+                            f.get_or_insert(format!("{}: {e}", model.name));
                         }
                         stop.send_replace(true);
                     }
@@ -283,8 +319,13 @@ impl RunningServer {
                 if !state.streams.wait_closed(Duration::from_secs(5)).await {
                     tracing::warn!(open = state.streams.open_streams(), "streams still open after shutdown");
                 }
-                let queue = state.queue.clone();
-                let _ = tokio::task::spawn_blocking(move || queue.close(timeout)).await;
+                let models = state.models.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for model in models {
+                        model.queue.close(timeout);
+                    }
+                })
+                .await;
                 if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
                     anyhow::bail!("cannot load the model: {e}");
                 }
@@ -304,12 +345,15 @@ impl RunningServer {
     }
 
     pub fn queue(&self) -> &InferenceQueue {
-        &self.state.queue
+        &self.state.default_model.queue
     }
 
-    /// Waits until the model is loaded and warmed up.
+    /// Waits until every model is loaded and warmed up.
     pub async fn wait_ready(&self) -> Result<(), String> {
-        self.state.queue.wait_ready().await.map(|_| ())
+        for model in &self.state.models {
+            model.queue.wait_ready().await.map_err(|e| format!("{}: {e}", model.name))?;
+        }
+        Ok(())
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {

@@ -15,10 +15,20 @@ use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
 use crate::queue::{InferenceQueue, ModelInfo, ModelState};
 
+/// One served model: the name clients pass as `model`, and its inference queue (its own
+/// thread, weights and batches).
+pub struct ServedModel {
+    pub name: String,
+    pub queue: Arc<InferenceQueue>,
+}
+
 /// Shared by every handler.
 pub struct AppState {
     pub config: ServerConfig,
-    pub queue: Arc<InferenceQueue>,
+    /// Every served model, the default (for requests without `model`) first.
+    pub models: Vec<Arc<ServedModel>>,
+    /// The default model.
+    pub default_model: Arc<ServedModel>,
     /// Admission slots, one per image in flight (`--max-queue`).
     pub permits: Arc<Semaphore>,
     /// Concurrent image decodes (one per CPU): decoding is CPU-bound.
@@ -39,9 +49,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state of a server that starts now with `queue`.
-    pub fn new(config: ServerConfig, queue: Arc<InferenceQueue>) -> Self {
+    /// The state of a server that starts now with `default_model` and `others`.
+    pub fn new(config: ServerConfig, default_model: Arc<ServedModel>, others: Vec<Arc<ServedModel>>) -> Self {
+        let mut models = vec![default_model.clone()];
+        models.extend(others);
         Self {
+            models,
+            default_model,
             permits: Arc::new(Semaphore::new(config.max_queue)),
             decode_slots: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
             decode_memory: MemoryBudget::new(config.max_decode_memory),
@@ -49,19 +63,40 @@ impl AppState {
             decodes_cancelled: Arc::default(),
             streams: StreamRegistry::new(config.max_streams_per_key),
             config,
-            queue,
             draining: AtomicBool::new(false),
             created: unix_now(),
         }
     }
 
-    /// The model, if it is ready and the server is not shutting down; else 503
-    /// (`shutting_down`, `not_ready` or `model_unavailable`, with `Retry-After`).
-    pub fn ready(&self) -> ApiResult<Arc<ModelInfo>> {
+    /// 503 `shutting_down` once shutdown started.
+    pub fn serving(&self) -> ApiResult<()> {
         if self.draining.load(Ordering::Relaxed) || self.streams.is_shut_down() {
             return Err(ApiError::unavailable("shutting_down", "the server is shutting down"));
         }
-        match self.queue.state() {
+        Ok(())
+    }
+
+    /// The model called `name` (`None`: the default one), or 404 `model_not_found` naming
+    /// the served models.
+    pub fn find_model(&self, name: Option<&str>) -> ApiResult<Arc<ServedModel>> {
+        let Some(name) = name else {
+            return Ok(self.default_model.clone());
+        };
+        self.models.iter().find(|m| m.name == name).cloned().ok_or_else(|| {
+            let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+            ApiError::not_found(
+                "model_not_found",
+                format!("the model {name:?} does not exist; this server serves {}", names.join(", ")),
+            )
+            .with_param("model")
+        })
+    }
+
+    /// `model`'s labels and preprocessor, if it is ready and the server is not shutting down;
+    /// else 503 (`shutting_down`, `not_ready` or `model_unavailable`, with `Retry-After`).
+    pub fn ready(&self, model: &ServedModel) -> ApiResult<Arc<ModelInfo>> {
+        self.serving()?;
+        match model.queue.state() {
             ModelState::Ready(info) => Ok(info),
             ModelState::Loading => Err(ApiError::unavailable("not_ready", "the model is still loading; retry shortly")),
             ModelState::Failed(_) => Err(ApiError::unavailable("model_unavailable", "the model failed to load")),

@@ -1,6 +1,8 @@
 //! `GET /v1/stream`: live detection over a WebSocket.
 //!
 //! Protocol (see the README's API section):
+//! - `?model=NAME` picks one of the served models (default: the server's default one; an
+//!   unknown name is 404 `model_not_found` before the upgrade).
 //! - Auth before the upgrade, as the rest of the API (`Authorization: Bearer KEY`) or with
 //!   `?api_key=KEY` (browsers cannot set headers on a WebSocket): 401 without a valid key,
 //!   426 for a plain HTTP request, 503 while loading or draining, 429 above
@@ -54,7 +56,7 @@ use crate::input::ImageSource;
 use crate::metrics as m;
 use crate::pipeline;
 use crate::queue::ModelInfo;
-use crate::state::{AppState, StreamSlot};
+use crate::state::{AppState, ServedModel, StreamSlot};
 use crate::types::{millis, DetectParams};
 
 /// Answers buffered per connection before the client counts as not reading.
@@ -65,9 +67,13 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// that sends more frames than this during one inference is disconnected (1008).
 pub const MAX_HELD: usize = 1024;
 
-fn query_api_key(uri: &Uri) -> Option<String> {
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
     let q = uri.query()?;
-    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "api_key").map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+fn query_api_key(uri: &Uri) -> Option<String> {
+    query_param(uri, "api_key")
 }
 
 /// Upgrade to a stream (see the module docs for the protocol).
@@ -79,10 +85,14 @@ fn query_api_key(uri: &Uri) -> Option<String> {
 receive one JSON answer per frame: `{\"frame\",\"width\",\"height\",\"detections\",\"latency_ms\"}`, \
 `{\"frame\",\"dropped\":true}` when a newer frame superseded it (latest frame wins), or `{\"frame\",\"error\"}`. \
 See the README for the full protocol.",
-    params(("api_key" = Option<String>, Query, description = "API key, for clients that cannot send the Authorization header (browsers)")),
+    params(
+        ("api_key" = Option<String>, Query, description = "API key, for clients that cannot send the Authorization header (browsers)"),
+        ("model" = Option<String>, Query, description = "Served model name (`GET /v1/models`); default: the server's default model"),
+    ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+        (status = 404, description = "Unknown model (`model_not_found`)", body = crate::error::ErrorResponse),
         (status = 426, description = "Not a WebSocket upgrade request", body = crate::error::ErrorResponse),
         (status = 429, description = "Too many open streams for this API key; see Retry-After", body = crate::error::ErrorResponse),
         (status = 503, description = "Not ready or shutting down", body = crate::error::ErrorResponse),
@@ -124,7 +134,8 @@ fn open(
             format!("/v1/stream is a WebSocket endpoint: {}", e.body_text()),
         )
     })?;
-    let info = state.ready()?;
+    let model = state.find_model(query_param(uri, "model").as_deref())?;
+    let info = state.ready(&model)?;
     let limit = state.config.max_streams_per_key;
     let slot = state.streams.try_open(key).ok_or_else(|| {
         metrics::counter!(m::REJECTED, "reason" => "too_many_streams").increment(1);
@@ -141,7 +152,7 @@ fn open(
     Ok(ws
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| run(socket, state, info, slot)))
+        .on_upgrade(move |socket| run(socket, state, model, info, slot)))
 }
 
 /// One frame's answer.
@@ -181,6 +192,7 @@ enum End {
 
 struct Conn {
     state: Arc<AppState>,
+    model: Arc<ServedModel>,
     info: Arc<ModelInfo>,
     out: mpsc::Sender<Message>,
     next_frame: u64,
@@ -248,7 +260,8 @@ impl Conn {
     }
 
     fn start(&mut self, p: PendingFrame) {
-        let fut = process(self.state.clone(), self.info.clone(), p.bytes, p.options, p.received, p.frame);
+        let fut =
+            process(self.state.clone(), self.model.clone(), self.info.clone(), p.bytes, p.options, p.received, p.frame);
         self.in_flight = Some(InFlight { frame: p.frame, fut: Box::pin(fut) });
     }
 
@@ -324,6 +337,7 @@ pub(crate) fn parse_options(text: &str, labels: &[String]) -> ApiResult<DetectOp
 /// One frame through the pipeline (one admission slot), under the frame's deadline.
 async fn process(
     state: Arc<AppState>,
+    model: Arc<ServedModel>,
     info: Arc<ModelInfo>,
     bytes: Bytes,
     options: DetectOptions,
@@ -333,7 +347,7 @@ async fn process(
     let deadline = tokio::time::Instant::from_std(received) + state.config.request_timeout;
     pipeline::within(deadline, async {
         let _permit = state.admit(1)?;
-        let out = pipeline::detect(&state, &info, ImageSource::Bytes(bytes), options, deadline, false).await?;
+        let out = pipeline::detect(&state, &model, &info, ImageSource::Bytes(bytes), options, deadline, false).await?;
         let latency_ms = millis(received.elapsed());
         Ok(FrameAnswer { frame, width: out.width, height: out.height, detections: out.detections, latency_ms })
     })
@@ -380,7 +394,7 @@ fn read_error_close(e: axum::Error) -> End {
     }
 }
 
-async fn run(socket: WebSocket, state: Arc<AppState>, info: Arc<ModelInfo>, slot: StreamSlot) {
+async fn run(socket: WebSocket, state: Arc<AppState>, model: Arc<ServedModel>, info: Arc<ModelInfo>, slot: StreamSlot) {
     let (sink, mut incoming) = socket.split();
     let (out, out_rx) = mpsc::channel::<Message>(OUT_BUFFER);
     let writer = tokio::spawn(write_loop(sink, out_rx));
@@ -388,6 +402,7 @@ async fn run(socket: WebSocket, state: Arc<AppState>, info: Arc<ModelInfo>, slot
     tracing::info!(open = state.streams.open_streams(), "stream opened");
     let mut conn = Conn {
         state: state.clone(),
+        model,
         info,
         out,
         next_frame: 0,

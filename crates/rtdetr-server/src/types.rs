@@ -306,7 +306,10 @@ pub struct ModelList {
 pub struct Health {
     /// `ok`.
     pub status: String,
+    /// The default model (for requests without `model`).
     pub model: String,
+    /// Every served model, the default first.
+    pub models: Vec<String>,
 }
 
 /// Schemas of engine types, for the OpenAPI document.
