@@ -16,11 +16,14 @@ use rtdetr_server::{ModelSpec, RunningServer};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+/// An input size override `(height, width)`.
+type Size = Option<(usize, usize)>;
+
 /// (served name, fixture, input size override)
-const MODELS: [(&str, &str, Option<(usize, usize)>); 3] =
+const MODELS: [(&str, &str, Size); 3] =
     [("v1", "tiny-bottleneck", None), ("v2", "tiny-v2", None), ("v1-small", "tiny-bottleneck", Some((64, 64)))];
 
-fn load_options(size: Option<(usize, usize)>) -> LoadOptions {
+fn load_options(size: Size) -> LoadOptions {
     LoadOptions { size, ..LoadOptions::default() }
 }
 
