@@ -6,7 +6,8 @@
 // 1. upload mode: an example image is picked; boxes must be drawn on the canvas (it differs
 //    from the plain image) and the listed detections must equal what the API returns;
 // 2. webcam mode: frames from the fake camera go over /v1/stream and answers come back for
-//    several frames (the frame counter increases).
+//    several frames (the frame counter increases); with "Track" ticked the server
+//    acknowledges tracking and every detection shown carries a track id.
 // Screenshots go to target/browser-screenshots/. Exit code 1 on any failure.
 
 import { chromium } from "playwright-core";
@@ -124,7 +125,7 @@ try {
     console.log(`     ${api.detections.length} detections: ${api.detections.map((d) => d.label).join(", ")}; ${diff.changed} pixels drawn`);
   });
 
-  await run("webcam: fake camera frames over /v1/stream get answers, frame counter increases", async () => {
+  await run("webcam: fake camera frames over /v1/stream get answers, frame counter increases, tracking", async () => {
     await page.click("#webcam");
     const frames = async () => Number((await page.getAttribute("#stats", "data-frames")) || 0);
     const last = async () => Number((await page.getAttribute("#stats", "data-last-frame")) || -1);
@@ -159,6 +160,27 @@ try {
     check(colours > 4, `webcam canvas looks blank (${colours} colours)`);
     await page.screenshot({ path: path.join(shots, "webcam.png"), fullPage: true });
     console.log(`     ${f2} answered frames, last frame ${l2}: ${stats}`);
+
+    // "Track": the page sends {"track": true}, the server acknowledges it, answers keep
+    // coming and every detection shown then carries a track id.
+    await page.check("#track");
+    await page.waitForFunction(() => document.getElementById("stats").dataset.track === "on", null, { timeout: 30_000 });
+    const f3 = await frames();
+    await page.waitForFunction((n) => Number(document.getElementById("stats").dataset.frames || 0) >= n + 3, f3, {
+      timeout: 90_000,
+    });
+    const tracked = await page.evaluate(() => ({
+      all: state.result.detections.every((d) => Number.isInteger(d.track_id)),
+      n: state.result.detections.length,
+      status: document.getElementById("status").textContent,
+      error: document.getElementById("status").className === "error",
+    }));
+    check(!tracked.error && /tracked detections/.test(tracked.status), `tracking status: ${tracked.status}`);
+    check(tracked.all, "a detection without track_id while tracking");
+    await page.screenshot({ path: path.join(shots, "webcam-track.png"), fullPage: true });
+    console.log(`     tracking: ${tracked.n} tracked detections in the last answer`);
+    await page.uncheck("#track");
+    await page.waitForFunction(() => document.getElementById("stats").dataset.track === "off", null, { timeout: 30_000 });
     await page.click("#webcam"); // stop
   });
 } finally {

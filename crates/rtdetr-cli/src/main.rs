@@ -4,6 +4,7 @@ mod bench;
 mod detect;
 mod eval;
 mod serve;
+mod track;
 #[cfg(feature = "video")]
 mod video;
 

@@ -1,5 +1,6 @@
 //! Video files and streams for `rtdetr detect` (cargo feature `video`): decoded with the
-//! FFmpeg libraries, JSON Lines per processed frame, optionally an annotated video.
+//! FFmpeg libraries, JSON Lines per processed frame, optionally an annotated video; with
+//! `--track`, ByteTrack ids, trails and line counts ([`crate::track`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +13,10 @@ use ffmpeg::util::frame::video::Video as Frame;
 use ffmpeg_next as ffmpeg;
 use indicatif::{ProgressBar, ProgressStyle};
 use rtdetr::{DetectOptions, Detection, Detector};
+use rtdetr_server::tracking::{TrackSettings, TrackedFrame};
 use serde::Serialize;
+
+use crate::track::{Sequence, TrackedLine};
 
 #[derive(Serialize)]
 struct FrameResult<'a> {
@@ -117,7 +121,9 @@ impl VideoWriter {
     }
 }
 
-/// Runs detection on every `every`-th frame of a video file or stream URL.
+/// Runs detection on every `every`-th frame of a video file or stream URL; with `track`,
+/// tracks across the processed frames (by frame number, so skipped frames are predicted
+/// through; the video's frame rate replaces the settings' 30 fps).
 pub fn run(
     det: &Detector,
     input: &str,
@@ -125,6 +131,7 @@ pub fn run(
     every: u64,
     json: bool,
     output: Option<&Path>,
+    track: Option<TrackSettings>,
 ) -> anyhow::Result<()> {
     ffmpeg::init().context("cannot initialise FFmpeg")?;
     // Errors come back as values with their reason; FFmpeg's own log would add noise.
@@ -142,6 +149,17 @@ pub fn run(
         anyhow::bail!("{input}: video has no size");
     }
     let mut scaler = Scaler::get(decoder.format(), w, h, Pixel::RGB24, w, h, Flags::BILINEAR)?;
+    let mut seq = match track {
+        Some(mut settings) => {
+            let fps = f64::from(rate);
+            if fps.is_finite() && fps > 0.0 {
+                settings.config.frame_rate = fps;
+            }
+            Some(Sequence::new(settings, det.labels())?)
+        }
+        None => None,
+    };
+    let detect_opts = seq.as_ref().map_or_else(|| opts.clone(), |s| s.detect_options(opts));
     let mut writer = match output {
         Some(p) => Some(VideoWriter::new(p, w, h, rate)?),
         None => None,
@@ -155,16 +173,32 @@ pub fn run(
     let stdout = std::io::stdout();
     let mut index: u64 = 0;
     let mut last: Vec<Detection> = Vec::new();
+    let mut last_tracked: Option<TrackedFrame> = None;
     let mut handle = |decoded: &Frame, index: &mut u64, last: &mut Vec<Detection>| -> anyhow::Result<()> {
         let mut rgb = Frame::empty();
         scaler.run(decoded, &mut rgb)?;
         let img = frame_to_rgb(&rgb);
         let n = *index;
         *index += 1;
-        if n % every == 0 {
-            *last = det.detect(&img, opts)?;
+        if n.is_multiple_of(every) {
+            *last = det.detect(&img, &detect_opts)?;
             let t = decoded.timestamp().or(decoded.pts()).unwrap_or(0) as f64 * f64::from(time_base);
-            if json {
+            if let Some(seq) = seq.as_mut() {
+                let tracked = seq.update(n, std::mem::take(last), opts)?;
+                if json {
+                    let line = serde_json::to_string(&TrackedLine {
+                        image: None,
+                        frame: n,
+                        time_s: Some(t),
+                        width: img.width(),
+                        height: img.height(),
+                        detections: &tracked.detections,
+                        counts: tracked.counts.as_ref(),
+                    })?;
+                    writeln!(stdout.lock(), "{line}")?;
+                }
+                last_tracked = Some(tracked);
+            } else if json {
                 let line = serde_json::to_string(&FrameResult {
                     frame: n,
                     time_s: t,
@@ -177,7 +211,10 @@ pub fn run(
         }
         if let Some(wr) = writer.as_mut() {
             // Frames between processed ones reuse the last detections.
-            wr.write(&rtdetr::io::draw::annotate(&img, last))?;
+            match (seq.as_ref(), last_tracked.as_ref()) {
+                (Some(seq), Some(tracked)) => wr.write(&seq.draw(&img, tracked))?,
+                _ => wr.write(&rtdetr::io::draw::annotate(&img, last))?,
+            }
         }
         bar.inc(1);
         Ok(())
@@ -206,6 +243,9 @@ pub fn run(
         if let Some(p) = output {
             println!("  wrote {}", p.display());
         }
+    }
+    if let Some(seq) = &seq {
+        seq.write_summary(&mut std::io::stdout().lock(), json)?;
     }
     Ok(())
 }

@@ -109,3 +109,65 @@ fn demo_model_eval_matches_reference_and_is_accurate() {
     let ap = got["AP"].as_f64().unwrap();
     assert!(ap >= 0.80, "demo checkpoint AP {ap} < 0.80");
 }
+
+/// `--track` over a list of images (a 320x240 window panning right 12 px per image across
+/// examples/shapes-1.png, so the triangle moves left): one id per object across the
+/// sequence, line-crossing counts, a summary line, and ids and trails drawn.
+#[test]
+fn track_images_as_a_sequence() {
+    let dir = std::env::temp_dir().join(format!("rtdetr-track-images-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out_dir = dir.join("annotated");
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = image::open(root().join("examples/shapes-1.png")).unwrap().to_rgb8();
+    let frames: Vec<String> = (0..12u32)
+        .map(|i| {
+            let p = dir.join(format!("frame-{i:02}.png"));
+            image::imageops::crop_imm(&img, 12 * i, 30, 320, 240).to_image().save(&p).unwrap();
+            p.to_string_lossy().into_owned()
+        })
+        .collect();
+    let out_arg = out_dir.to_string_lossy().into_owned();
+    // A vertical line at x = 180, drawn top to bottom: the triangle's centre (x 246 -> 115)
+    // crosses it leftwards, which is "in".
+    let mut args = vec!["detect", "--model", "models/shapes-demo", "--json", "--threshold", "0.3", "--track"];
+    args.extend(["--line", "180,0,180,240", "--output", &out_arg]);
+    args.extend(frames.iter().map(|s| s.as_str()));
+    let out = rtdetr(&args);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 13, "one line per image and a summary");
+    let mut triangle_ids = Vec::new();
+    for (i, l) in lines[..12].iter().enumerate() {
+        assert_eq!((l["frame"].as_u64(), l["image"].as_str()), (Some(i as u64), Some(frames[i].as_str())), "{l}");
+        for d in l["detections"].as_array().unwrap() {
+            assert!(d["track_id"].as_u64().is_some_and(|id| id >= 1), "{l}");
+            assert!(d["score"].as_f64().unwrap() > 0.3, "{l}");
+            if d["label"] == "triangle" {
+                triangle_ids.push(d["track_id"].as_u64().unwrap());
+            }
+        }
+        assert!(l["counts"]["in"].is_object() && l["counts"]["out"].is_object(), "{l}");
+    }
+    assert_eq!(triangle_ids, vec![1; 12], "the triangle keeps id 1 in every image");
+    assert_eq!(lines[0]["counts"], serde_json::json!({"in": {}, "out": {}}));
+    assert_eq!(lines[11]["counts"], serde_json::json!({"in": {"triangle": 1}, "out": {}}));
+    let summary = &lines[12]["summary"];
+    assert_eq!((summary["frames"].as_u64(), &summary["counts"]["in"]), (Some(12), &serde_json::json!({"triangle": 1})));
+    assert!(summary["tracks"].as_u64().is_some_and(|n| n >= 1), "{summary}");
+    // The last annotated image: the triangle's trail (its centres, y ~195, from x 246 down
+    // to 115) in its class colour where nothing else is drawn, at x = 220.
+    let last = image::open(out_dir.join("frame-11.png")).unwrap().to_rgb8();
+    let colour = rtdetr::io::draw::class_color(3);
+    assert!((188..202).any(|y| last.get_pixel(220, y) == &colour), "no trail drawn at x = 220");
+    let plain = image::imageops::crop_imm(&img, 132, 30, 320, 240).to_image();
+    assert!(!(188..202).any(|y| plain.get_pixel(220, y) == &colour), "the trail colour is in the plain image");
+    // Without --track the flags that need it are refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_rtdetr"))
+        .current_dir(root())
+        .args(["detect", "--model", "models/shapes-demo", "--line", "0,0,10,10", "examples/shapes-1.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--track"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -222,5 +222,5 @@ pub fn multipart(data: &[u8]) {
 pub fn stream_options(data: &[u8]) {
     // WebSocket text messages are UTF-8 (refused before the handler otherwise).
     let Ok(text) = std::str::from_utf8(data) else { return };
-    options(crate::stream::parse_options(text, labels()));
+    options(crate::stream::parse_options(text, labels()).map(|o| o.detect));
 }

@@ -11,6 +11,8 @@
 //!   in-flight gauge, open streams;
 //! - [`pipeline`]: the one path of an image for HTTP and WebSocket alike: fetch, decode on
 //!   the blocking pool, queue with a deadline, errors mapped to 429/503/504/500;
+//! - [`tracking`]: ByteTrack (`rtdetr-track`) over the engine's detections, for the stream
+//!   and the CLI's `--track`;
 //! - [`handlers`] (HTTP shapes) and [`stream`] (the `/v1/stream` WebSocket protocol) both
 //!   call [`pipeline`], never each other; [`pages`] and [`openapi`] serve the page and docs;
 //! - [`conn`]: connections (cap, header-read and idle timeouts, graceful close);
@@ -44,6 +46,7 @@ pub mod queue;
 pub mod server;
 pub mod state;
 pub mod stream;
+pub mod tracking;
 pub mod types;
 
 pub use auth::ApiKeys;

@@ -12,6 +12,13 @@
 //!   `{"threshold","classes","max_detections"}` (validated like the HTTP endpoints; each
 //!   message replaces the options for the frames that follow; answered
 //!   `{"options":{...}}`, or `{"error":{...}}` leaving the previous options in place).
+//! - Tracking (`{"track": true}`, with optional `track_thresh`, `match_thresh`,
+//!   `track_buffer`, `line`, `track_reset`): the connection keeps one ByteTrack tracker
+//!   ([`crate::tracking`]); each answer's detections are those matched to a confirmed
+//!   track, each with its `track_id`, and with a `line` the answer carries cumulative
+//!   `counts`. The tracker sees every frame number, so frames answered `dropped` (or with
+//!   an error) are predicted through. It starts afresh when an options message turns
+//!   tracking on, changes `classes` or a tracking option, or says `"track_reset": true`.
 //! - Every frame number is answered exactly once, in order: `{"frame","width","height",
 //!   "detections","latency_ms"}`, `{"frame","dropped":true}` or `{"frame","error":{...}}`.
 //! - Latest frame wins: one frame per connection is in inference at a time, and only the
@@ -47,7 +54,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rtdetr::{DetectOptions, Detection};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -57,6 +64,7 @@ use crate::metrics as m;
 use crate::pipeline;
 use crate::queue::ModelInfo;
 use crate::state::{AppState, ServedModel, StreamSlot};
+use crate::tracking::{LineCounts, SequenceTracker, TrackSettings, TrackedDetection};
 use crate::types::{millis, DetectParams};
 
 /// Answers buffered per connection before the client counts as not reading.
@@ -84,6 +92,8 @@ fn query_api_key(uri: &Uri) -> Option<String> {
     description = "WebSocket: send image frames as binary messages (and options as JSON text messages), \
 receive one JSON answer per frame: `{\"frame\",\"width\",\"height\",\"detections\",\"latency_ms\"}`, \
 `{\"frame\",\"dropped\":true}` when a newer frame superseded it (latest frame wins), or `{\"frame\",\"error\"}`. \
+The options message `{\"track\": true}` turns on object tracking (ByteTrack): each detection gets a `track_id`, \
+and with `\"line\": [[x1,y1],[x2,y2]]` each answer carries line-crossing `counts`. \
 See the README for the full protocol.",
     params(
         ("api_key" = Option<String>, Query, description = "API key, for clients that cannot send the Authorization header (browsers)"),
@@ -168,16 +178,61 @@ struct FrameAnswer {
 
 type Outcome = Result<FrameAnswer, ApiError>;
 
+/// One frame's answer with tracking on: only tracked detections, each with its `track_id`.
+#[derive(Serialize)]
+struct TrackedAnswer {
+    frame: u64,
+    width: u32,
+    height: u32,
+    detections: Vec<TrackedDetection>,
+    /// Cumulative line crossings per class label, with a `line`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counts: Option<LineCounts>,
+    latency_ms: f64,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Answer {
+    Plain(FrameAnswer),
+    Tracked(TrackedAnswer),
+}
+
+/// What the frame in flight gives back: its answer, and the connection's tracker (which
+/// the frame took with it) when tracking.
+type Done = (Result<Answer, ApiError>, Option<TrackState>);
+
 struct InFlight {
     frame: u64,
-    fut: Pin<Box<dyn Future<Output = Outcome> + Send>>,
+    fut: Pin<Box<dyn Future<Output = Done> + Send>>,
 }
 
 struct PendingFrame {
     frame: u64,
     bytes: Bytes,
+    /// What the detector runs with (the tracker's low threshold when tracking).
     options: DetectOptions,
+    /// The tracking the frame was received with.
+    track: Option<Arc<TrackPlan>>,
     received: Instant,
+}
+
+/// Tracking as an options message set it.
+struct TrackPlan {
+    /// Bumped each time the tracker must start afresh: a frame whose plan has another
+    /// generation than the connection's tracker starts a new one.
+    generation: u64,
+    settings: TrackSettings,
+    /// What is returned of the tracked detections (see [`crate::tracking`]).
+    threshold: f32,
+    max_detections: usize,
+}
+
+/// The connection's tracker and the generation of the plan it was made for. Only the
+/// frame in flight uses it: it travels with that frame and comes back with its answer.
+struct TrackState {
+    generation: u64,
+    tracker: SequenceTracker,
 }
 
 /// Why the connection ends.
@@ -197,6 +252,11 @@ struct Conn {
     out: mpsc::Sender<Message>,
     next_frame: u64,
     options: DetectOptions,
+    /// `Some` while tracking (set by the last options message).
+    tracking: Option<Arc<TrackPlan>>,
+    track_generation: u64,
+    /// The tracker, between frames (the frame in flight holds it meanwhile).
+    tracker: Option<TrackState>,
     in_flight: Option<InFlight>,
     pending: Option<PendingFrame>,
     /// Answers for frames newer than the one in inference, sent after it (frame order).
@@ -247,7 +307,11 @@ impl Conn {
             );
             return self.answer(frame, frame_error(frame, &e)).await;
         }
-        let new = PendingFrame { frame, bytes, options: self.options.clone(), received: Instant::now() };
+        let (options, track) = match &self.tracking {
+            Some(plan) => (plan.settings.detect_options(&self.options), Some(plan.clone())),
+            None => (self.options.clone(), None),
+        };
+        let new = PendingFrame { frame, bytes, options, track, received: Instant::now() };
         if self.in_flight.is_none() {
             self.start(new);
             return Ok(());
@@ -262,11 +326,34 @@ impl Conn {
     fn start(&mut self, p: PendingFrame) {
         let fut =
             process(self.state.clone(), self.model.clone(), self.info.clone(), p.bytes, p.options, p.received, p.frame);
+        let track = self.take_tracker(p.track);
+        let info = self.info.clone();
+        let fut = async move { with_tracking(fut.await, track, info).await };
         self.in_flight = Some(InFlight { frame: p.frame, fut: Box::pin(fut) });
     }
 
-    async fn on_done(&mut self, frame: u64, outcome: Outcome) -> Result<(), End> {
+    /// The tracker for a frame received with `plan`: the connection's, or a new one when
+    /// the plan has started a new generation; `None` (and the tracker forgotten) without
+    /// tracking.
+    fn take_tracker(&mut self, plan: Option<Arc<TrackPlan>>) -> ApiResult<Option<(Arc<TrackPlan>, TrackState)>> {
+        let Some(plan) = plan else {
+            self.tracker = None;
+            return Ok(None);
+        };
+        let state = match self.tracker.take() {
+            Some(t) if t.generation == plan.generation => t,
+            _ => TrackState {
+                generation: plan.generation,
+                tracker: SequenceTracker::new(&plan.settings)
+                    .map_err(|(field, msg)| ApiError::invalid_param(field, msg))?,
+            },
+        };
+        Ok(Some((plan, state)))
+    }
+
+    async fn on_done(&mut self, frame: u64, (outcome, tracker): Done) -> Result<(), End> {
         self.in_flight = None;
+        self.tracker = tracker;
         let text = match outcome {
             Ok(answer) => {
                 metrics::counter!(m::STREAM_FRAMES, "outcome" => "processed").increment(1);
@@ -294,44 +381,134 @@ impl Conn {
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         let msg = match parse_options(text, &self.info.labels) {
-            Ok(options) => {
-                let classes = options
-                    .classes
-                    .as_ref()
-                    .map(|ids| ids.iter().filter_map(|&i| self.info.labels.get(i).cloned()).collect::<Vec<_>>());
-                let ack = json!({"options": {
-                    "threshold": options.threshold,
-                    "max_detections": options.max_detections,
-                    "classes": classes,
-                }});
-                self.options = options;
-                ack
-            }
+            Ok(options) => self.apply_options(options),
             Err(e) => json!({"error": e.body().error}),
         };
         self.send(msg.to_string()).await
     }
+
+    /// Makes `o` the options of the frames that follow and returns the acknowledgement:
+    /// `{"options":{...}}`, with `"track_reset"` when tracking (whether the tracker starts
+    /// afresh with the next frame: tracking turned on, `classes` or a tracking option
+    /// changed, or `"track_reset": true`).
+    fn apply_options(&mut self, o: StreamOptions) -> Value {
+        let StreamOptions { detect, track, track_reset } = o;
+        let classes = detect
+            .classes
+            .as_ref()
+            .map(|ids| ids.iter().filter_map(|&i| self.info.labels.get(i).cloned()).collect::<Vec<_>>());
+        let mut options = json!({
+            "threshold": detect.threshold,
+            "max_detections": detect.max_detections,
+            "classes": classes,
+            "track": track.is_some(),
+        });
+        let mut reset = None;
+        self.tracking = track.map(|settings| {
+            let changed =
+                self.tracking.as_ref().is_none_or(|p| p.settings != settings) || self.options.classes != detect.classes;
+            if track_reset || changed {
+                self.track_generation += 1;
+            }
+            reset = Some(track_reset || changed);
+            let c = &settings.config;
+            options["track_thresh"] = json!(c.track_thresh);
+            options["match_thresh"] = json!(c.match_thresh);
+            options["track_buffer"] = json!(c.track_buffer);
+            options["line"] = json!(settings.line);
+            Arc::new(TrackPlan {
+                generation: self.track_generation,
+                settings,
+                threshold: detect.threshold,
+                max_detections: detect.max_detections,
+            })
+        });
+        self.options = detect;
+        let mut ack = json!({ "options": options });
+        if let Some(reset) = reset {
+            ack["track_reset"] = json!(reset);
+        }
+        ack
+    }
 }
 
-/// Parses an options message: a JSON object with only `threshold`, `classes` and
-/// `max_detections` (each optional, omitted ones take their defaults).
-pub(crate) fn parse_options(text: &str, labels: &[String]) -> ApiResult<DetectOptions> {
+/// A parsed options message.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamOptions {
+    /// `threshold`, `max_detections`, `classes`.
+    pub detect: DetectOptions,
+    /// `Some` with `"track": true`: the tracker's settings and the counting line.
+    pub track: Option<TrackSettings>,
+    /// `"track_reset": true`: start the tracker afresh even when nothing changed.
+    pub track_reset: bool,
+}
+
+/// Every field an options message may have.
+#[derive(Deserialize)]
+struct StreamParams {
+    threshold: Option<f32>,
+    max_detections: Option<usize>,
+    classes: Option<Vec<String>>,
+    track: Option<bool>,
+    track_thresh: Option<f64>,
+    match_thresh: Option<f64>,
+    track_buffer: Option<u32>,
+    line: Option<[[f64; 2]; 2]>,
+    track_reset: Option<bool>,
+}
+
+const OPTION_NAMES: [&str; 9] = [
+    "threshold",
+    "classes",
+    "max_detections",
+    "track",
+    "track_thresh",
+    "match_thresh",
+    "track_buffer",
+    "line",
+    "track_reset",
+];
+
+/// Parses an options message: a JSON object with only the fields of [`OPTION_NAMES`] (each
+/// optional, omitted ones take their defaults; the tracking ones only with `"track": true`).
+pub(crate) fn parse_options(text: &str, labels: &[String]) -> ApiResult<StreamOptions> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the options message is not valid JSON: {e}")))?;
     let Some(obj) = value.as_object() else {
         return Err(ApiError::bad_request("invalid_json", "the options message must be a JSON object"));
     };
-    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "threshold" | "classes" | "max_detections")) {
+    if let Some(k) = obj.keys().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
         return Err(ApiError::invalid_param(
             k.clone(),
-            format!("unknown option {k:?}; the options are threshold, classes and max_detections"),
+            format!("unknown option {k:?}; the options are {}", OPTION_NAMES.join(", ")),
         ));
     }
-    let params: DetectParams = serde_path_to_error::deserialize(value).map_err(|e| {
+    let p: StreamParams = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         ApiError::invalid_param(path.clone(), format!("{path}: {}", e.inner()))
     })?;
-    params.to_options(labels)
+    let detect = DetectParams { threshold: p.threshold, max_detections: p.max_detections, classes: p.classes }
+        .to_options(labels)?;
+    if p.track != Some(true) {
+        let given = [
+            ("track_thresh", p.track_thresh.is_some()),
+            ("match_thresh", p.match_thresh.is_some()),
+            ("track_buffer", p.track_buffer.is_some()),
+            ("line", p.line.is_some()),
+            ("track_reset", p.track_reset.is_some()),
+        ];
+        if let Some((name, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(ApiError::invalid_param(*name, format!("{name} applies only with \"track\": true")));
+        }
+        return Ok(StreamOptions { detect, track: None, track_reset: false });
+    }
+    let mut settings = TrackSettings { line: p.line, ..TrackSettings::default() };
+    let c = &mut settings.config;
+    c.track_thresh = p.track_thresh.unwrap_or(c.track_thresh);
+    c.match_thresh = p.match_thresh.unwrap_or(c.match_thresh);
+    c.track_buffer = p.track_buffer.unwrap_or(c.track_buffer);
+    settings.validate().map_err(|(field, msg)| ApiError::invalid_param(field, msg))?;
+    Ok(StreamOptions { detect, track: Some(settings), track_reset: p.track_reset == Some(true) })
 }
 
 /// One frame through the pipeline (one admission slot), under the frame's deadline.
@@ -354,13 +531,52 @@ async fn process(
     .await
 }
 
-async fn in_flight_done(f: &mut Option<InFlight>) -> (u64, Outcome) {
+async fn in_flight_done(f: &mut Option<InFlight>) -> (u64, Done) {
     match f {
         Some(x) => {
-            let outcome = x.fut.as_mut().await;
-            (x.frame, outcome)
+            let done = x.fut.as_mut().await;
+            (x.frame, done)
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Runs a processed frame through the tracker (on the blocking pool: association costs
+/// grow with the number of boxes and tracks), giving the tracker back with the answer.
+async fn with_tracking(
+    outcome: Outcome,
+    track: ApiResult<Option<(Arc<TrackPlan>, TrackState)>>,
+    info: Arc<ModelInfo>,
+) -> Done {
+    let (plan, mut state) = match track {
+        Ok(None) => return (outcome.map(Answer::Plain), None),
+        Ok(Some(t)) => t,
+        Err(e) => return (Err(e), None),
+    };
+    let answer = match outcome {
+        Ok(a) => a,
+        // The tracker predicts through this frame when the next one comes.
+        Err(e) => return (Err(e), Some(state)),
+    };
+    let tracked = tokio::task::spawn_blocking(move || {
+        let FrameAnswer { frame, width, height, detections, latency_ms } = answer;
+        let labels = &info.labels;
+        let result = state.tracker.update(frame, detections, plan.threshold, plan.max_detections, labels);
+        let answer = result.map(|t| TrackedAnswer {
+            frame,
+            width,
+            height,
+            detections: t.detections,
+            counts: t.counts,
+            latency_ms,
+        });
+        (answer, state)
+    })
+    .await;
+    match tracked {
+        Ok((Ok(answer), state)) => (Ok(Answer::Tracked(answer)), Some(state)),
+        Ok((Err(e), state)) => (Err(ApiError::internal(format!("tracking failed: {e}"))), Some(state)),
+        Err(_) => (Err(ApiError::internal("the tracking task failed")), None),
     }
 }
 
@@ -407,6 +623,9 @@ async fn run(socket: WebSocket, state: Arc<AppState>, model: Arc<ServedModel>, i
         out,
         next_frame: 0,
         options: DetectOptions::default(),
+        tracking: None,
+        track_generation: 0,
+        tracker: None,
         in_flight: None,
         pending: None,
         held: VecDeque::new(),
@@ -434,7 +653,7 @@ async fn run(socket: WebSocket, state: Arc<AppState>, model: Arc<ServedModel>, i
                 let _ = shutdown.wait_for(|s| *s).await;
             } => Err(End::Close(close_code::AWAY, "the server is shutting down")),
             _ = conn.out.closed() => Err(End::Client),
-            (frame, outcome) = in_flight_done(&mut conn.in_flight) => conn.on_done(frame, outcome).await,
+            (frame, done) = in_flight_done(&mut conn.in_flight) => conn.on_done(frame, done).await,
             msg = incoming.next() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
                     (last_message, last_heard) = (Instant::now(), Instant::now());
@@ -459,6 +678,7 @@ async fn run(socket: WebSocket, state: Arc<AppState>, model: Arc<ServedModel>, i
     // Frames not started are not run; a frame in inference is skipped by the batcher.
     conn.in_flight = None;
     conn.pending = None;
+    conn.tracker = None;
     let frames = conn.next_frame;
     match end {
         End::Abort => writer.abort(),
@@ -485,20 +705,60 @@ mod tests {
     fn options_messages() {
         let labels: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
         let o = parse_options(r#"{"threshold":0.3,"classes":["dog"],"max_detections":5}"#, &labels).unwrap();
-        assert_eq!((o.threshold, o.max_detections, o.classes), (0.3, 5, Some(vec![1])));
+        assert_eq!((o.detect.threshold, o.detect.max_detections, o.detect.classes), (0.3, 5, Some(vec![1])));
+        assert!(o.track.is_none() && !o.track_reset);
         let o = parse_options("{}", &labels).unwrap();
-        assert_eq!((o.threshold, o.max_detections, o.classes), (0.5, 100, None));
-        let code = |t: &str| parse_options(t, &labels).unwrap_err().code.unwrap_or("");
-        assert_eq!(code("not json"), "invalid_json");
-        assert_eq!(code("[1]"), "invalid_json");
-        assert_eq!(code(r#"{"threshold":2}"#), "invalid_parameter");
-        assert_eq!(code(r#"{"threshold":"x"}"#), "invalid_parameter");
-        assert_eq!(code(r#"{"classes":["bird"]}"#), "invalid_parameter");
-        assert_eq!(code(r#"{"treshold":0.1}"#), "invalid_parameter");
-        assert_eq!(
-            parse_options(r#"{"max_detections":0}"#, &labels).unwrap_err().param.as_deref(),
-            Some("max_detections")
-        );
+        assert_eq!((o.detect.threshold, o.detect.max_detections, o.detect.classes), (0.5, 100, None));
+        assert!(o.track.is_none());
+        let o = parse_options(r#"{"track":false}"#, &labels).unwrap();
+        assert!(o.track.is_none());
+        // Tracking: the defaults, then every tracking option.
+        let o = parse_options(r#"{"track":true}"#, &labels).unwrap();
+        assert_eq!(o.track, Some(TrackSettings::default()));
+        assert!(!o.track_reset);
+        let o = parse_options(
+            r#"{"track":true,"track_thresh":0.6,"match_thresh":0.8,"track_buffer":60,"line":[[0,10.5],[100,10.5]],"track_reset":true,"threshold":0.2}"#,
+            &labels,
+        )
+        .unwrap();
+        let t = o.track.unwrap();
+        assert_eq!((t.config.track_thresh, t.config.match_thresh, t.config.track_buffer), (0.6, 0.8, 60));
+        assert_eq!(t.line, Some([[0.0, 10.5], [100.0, 10.5]]));
+        assert_eq!((o.track_reset, o.detect.threshold), (true, 0.2));
+        let o = parse_options(r#"{"track":true,"line":null}"#, &labels).unwrap();
+        assert_eq!(o.track.unwrap().line, None);
+
+        let err = |t: &str| {
+            let e = parse_options(t, &labels).unwrap_err();
+            (e.code.unwrap_or(""), e.param.unwrap_or_default())
+        };
+        let invalid = |param: &str| ("invalid_parameter", param.to_string());
+        assert_eq!(err("not json").0, "invalid_json");
+        assert_eq!(err("[1]").0, "invalid_json");
+        assert_eq!(err(r#"{"threshold":2}"#), invalid("threshold"));
+        assert_eq!(err(r#"{"threshold":"x"}"#), invalid("threshold"));
+        assert_eq!(err(r#"{"classes":["bird"]}"#), invalid("classes"));
+        assert_eq!(err(r#"{"treshold":0.1}"#), invalid("treshold"));
+        assert_eq!(err(r#"{"max_detections":0}"#), invalid("max_detections"));
+        assert_eq!(err(r#"{"track":"yes"}"#), invalid("track"));
+        assert_eq!(err(r#"{"track":true,"track_thresh":1.5}"#), invalid("track_thresh"));
+        assert_eq!(err(r#"{"track":true,"track_thresh":-0.1}"#), invalid("track_thresh"));
+        assert_eq!(err(r#"{"track":true,"match_thresh":2}"#), invalid("match_thresh"));
+        assert_eq!(err(r#"{"track":true,"track_buffer":0}"#), invalid("track_buffer"));
+        assert_eq!(err(r#"{"track":true,"track_buffer":301}"#), invalid("track_buffer"));
+        assert_eq!(err(r#"{"track":true,"track_buffer":-1}"#), invalid("track_buffer"));
+        assert_eq!(err(r#"{"track":true,"track_buffer":1.5}"#), invalid("track_buffer"));
+        assert_eq!(err(r#"{"track":true,"line":[[1,2],[1,2]]}"#), invalid("line"));
+        assert_eq!(err(r#"{"track":true,"line":[[1,2]]}"#), invalid("line"));
+        assert_eq!(err(r#"{"track":true,"line":[[1,2],[3,4],[5,6]]}"#), invalid("line"));
+        assert_eq!(err(r#"{"track":true,"line":[[1,2],[3,"x"]]}"#), invalid("line[1][1]"));
+        assert_eq!(err(r#"{"track":true,"line":"0,0,1,1"}"#), invalid("line"));
+        assert_eq!(err(r#"{"track":true,"track_reset":1}"#), invalid("track_reset"));
+        // Tracking options without tracking.
+        assert_eq!(err(r#"{"line":[[0,0],[1,1]]}"#), invalid("line"));
+        assert_eq!(err(r#"{"track":false,"track_thresh":0.5}"#), invalid("track_thresh"));
+        assert_eq!(err(r#"{"track_reset":true}"#), invalid("track_reset"));
+        assert_eq!(err(r#"{"track_buffer":10}"#), invalid("track_buffer"));
     }
 
     #[test]

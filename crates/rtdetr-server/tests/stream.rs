@@ -394,3 +394,173 @@ async fn shutdown_closes_streams() {
     assert!(stopped.expect("server did not stop").is_ok());
     assert_eq!(state.streams.open_streams(), 0);
 }
+
+/// Frame `i` of a clip: a 320x240 window panning right 12 px per frame across
+/// `examples/shapes-1.png`, so its triangle moves left (box centre x 246 in frame 0, 115 in
+/// frame 11) and a rectangle enters at the top.
+fn pan_frame(i: u32) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shapes-1.png");
+    let img = image::open(path).expect("example image").to_rgb8();
+    let crop = image::imageops::crop_imm(&img, 12 * i, 30, 320, 240).to_image();
+    let mut png = Vec::new();
+    crop.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    png
+}
+
+/// The bundled demo model, whose detections are meaningful on drawn shapes.
+fn demo_loader() -> rtdetr_server::ModelLoader {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-demo");
+    Box::new(move || Ok(rtdetr::Detector::from_dir(&dir, &rtdetr::LoadOptions::default())?))
+}
+
+/// A tracked answer's detections as (label, track_id), checking that every one has an id,
+/// scores above `threshold` and that ids are unique within the frame.
+fn tracked(v: &Value, threshold: f64) -> Vec<(String, u64)> {
+    let dets = v["detections"].as_array().unwrap_or_else(|| panic!("no detections: {v}"));
+    let out: Vec<(String, u64)> = dets
+        .iter()
+        .map(|d| {
+            let id = d["track_id"].as_u64().unwrap_or_else(|| panic!("detection without track_id: {v}"));
+            assert!(id >= 1, "{v}");
+            assert!(d["score"].as_f64().unwrap() > threshold, "{v}");
+            assert!(d["box"]["xmin"].is_number() && d["label"].is_string(), "{v}");
+            (d["label"].as_str().unwrap().to_string(), id)
+        })
+        .collect();
+    let mut ids: Vec<u64> = out.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), out.len(), "track ids repeat within a frame: {v}");
+    out
+}
+
+fn id_of(dets: &[(String, u64)], label: &str) -> Option<u64> {
+    dets.iter().find(|(l, _)| l == label).map(|(_, id)| *id)
+}
+
+/// `{"track": true}` on the demo model: stable ids across frames and across frame-number
+/// gaps, what resets the tracker and what does not, line-crossing counts, bad tracking
+/// options answered with errors, and tracking turned off again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_ids_counts_and_reset() {
+    let mut cfg = config();
+    cfg.served_model_name = "shapes-demo".into();
+    let t = start_with(cfg, demo_loader()).await;
+    t.server.wait_ready().await.expect("model ready");
+    let mut ws = connect(&t, "", None).await;
+    let ack = send_options(&mut ws, json!({"track": true, "threshold": 0.3})).await;
+    let o = &ack["options"];
+    assert_eq!(
+        (o["track"].as_bool(), o["track_thresh"].as_f64(), o["match_thresh"].as_f64()),
+        (Some(true), Some(0.5), Some(0.9)),
+        "{ack}"
+    );
+    assert_eq!((o["track_buffer"].as_u64(), &o["line"]), (Some(30), &Value::Null), "{ack}");
+    assert_eq!(ack["track_reset"], true, "{ack}");
+
+    // Frames 0-3 of the clip, then two frames that are not images (numbers 4 and 5: the
+    // tracker predicts through them), then frames 6-11 where the clip has moved on.
+    let mut triangle = Vec::new();
+    let mut rectangle = Vec::new();
+    for n in 0..12u32 {
+        if n == 4 || n == 5 {
+            send_frame(&mut ws, b"not an image").await;
+            let v = recv_json(&mut ws).await;
+            assert_eq!((v["frame"].as_u64(), error_code(&v).as_str()), (Some(n as u64), "unsupported_image_format"));
+            continue;
+        }
+        send_frame(&mut ws, &pan_frame(n)).await;
+        let v = recv_json(&mut ws).await;
+        assert_eq!(v["frame"], n, "{v}");
+        assert!(v.get("counts").is_none(), "counts without a line: {v}");
+        assert!(v["latency_ms"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+        let dets = tracked(&v, 0.3);
+        triangle.extend(id_of(&dets, "triangle"));
+        rectangle.extend(id_of(&dets, "rectangle"));
+    }
+    // The triangle scores 0.67-0.96 in every frame: one track from the first frame (the
+    // first frame's tracks are confirmed at once), across the gap.
+    assert_eq!(triangle, vec![1; 10], "triangle ids");
+    // The rectangle enters: once confirmed, its id stays.
+    assert!(rectangle.len() >= 3 && rectangle.iter().all(|&id| id == rectangle[0] && id > 1), "{rectangle:?}");
+    let (tri, rect) = (triangle[0], rectangle[0]);
+
+    // The same options again, or another threshold: the tracker goes on.
+    for options in [json!({"track": true, "threshold": 0.3}), json!({"track": true, "threshold": 0.2})] {
+        let ack = send_options(&mut ws, options).await;
+        assert_eq!(ack["track_reset"], false, "{ack}");
+        send_frame(&mut ws, &pan_frame(11)).await;
+        let dets = tracked(&recv_json(&mut ws).await, 0.2);
+        assert_eq!((id_of(&dets, "triangle"), id_of(&dets, "rectangle")), (Some(tri), Some(rect)));
+    }
+    // Without a reset, jumping back to frame 0 makes a new (not yet confirmed) track: the
+    // triangle is not returned. After `track_reset` it is the first frame of a new tracker:
+    // confirmed at once, id 1 again.
+    let ack = send_options(&mut ws, json!({"track": true, "threshold": 0.3, "track_reset": true})).await;
+    assert_eq!(ack["track_reset"], true, "{ack}");
+    send_frame(&mut ws, &pan_frame(0)).await;
+    assert_eq!(tracked(&recv_json(&mut ws).await, 0.3), [("triangle".to_string(), 1)]);
+    send_frame(&mut ws, &pan_frame(11)).await;
+    let dets = tracked(&recv_json(&mut ws).await, 0.3);
+    assert_eq!(
+        id_of(&dets, "triangle"),
+        None,
+        "a 130 px jump is a new track, unconfirmed in its first frame: {dets:?}"
+    );
+    // A class filter change resets the tracker too.
+    let ack = send_options(&mut ws, json!({"track": true, "threshold": 0.3, "classes": ["triangle"]})).await;
+    assert_eq!(ack["track_reset"], true, "{ack}");
+    send_frame(&mut ws, &pan_frame(11)).await;
+    assert_eq!(tracked(&recv_json(&mut ws).await, 0.3), [("triangle".to_string(), 1)]);
+
+    // A vertical line at x = 180, drawn top to bottom: the triangle's centre crosses it
+    // leftwards (in) between frames 5 and 6; the rectangle's (x 286 to 188) never does.
+    let line = json!([[180, 0], [180, 240]]);
+    let ack = send_options(&mut ws, json!({"track": true, "threshold": 0.3, "line": line})).await;
+    assert_eq!((&ack["options"]["line"], &ack["track_reset"]), (&json!([[180.0, 0.0], [180.0, 240.0]]), &json!(true)));
+    let mut last = Value::Null;
+    for n in 0..12u32 {
+        send_frame(&mut ws, &pan_frame(n)).await;
+        let v = recv_json(&mut ws).await;
+        tracked(&v, 0.3);
+        let counts = &v["counts"];
+        assert!(counts["in"].is_object() && counts["out"].is_object(), "{v}");
+        if n <= 4 {
+            assert_eq!(counts, &json!({"in": {}, "out": {}}), "frame {n}: {v}");
+        }
+        last = v;
+    }
+    assert_eq!(last["counts"], json!({"in": {"triangle": 1}, "out": {}}), "{last}");
+    let tri = id_of(&tracked(&last, 0.3), "triangle");
+
+    // Bad tracking options: an error each, the connection and the tracker go on.
+    for (bad, param) in [
+        (json!({"track": true, "track_thresh": 2}), "track_thresh"),
+        (json!({"track": true, "match_thresh": "high"}), "match_thresh"),
+        (json!({"track": true, "track_buffer": 0}), "track_buffer"),
+        (json!({"track": true, "line": [[5, 5], [5, 5]]}), "line"),
+        (json!({"track": true, "line": [[5, 5]]}), "line"),
+        (json!({"line": [[0, 0], [10, 10]]}), "line"),
+        (json!({"track_reset": true}), "track_reset"),
+        (json!({"track": 1}), "track"),
+        (json!({"track": true, "trak_thresh": 0.5}), "trak_thresh"),
+    ] {
+        let v = send_options(&mut ws, bad.clone()).await;
+        assert_eq!(error_code(&v), "invalid_parameter", "{bad}: {v}");
+        assert_eq!(v["error"]["param"].as_str(), Some(param), "{bad}: {v}");
+    }
+    send_frame(&mut ws, &pan_frame(11)).await;
+    let v = recv_json(&mut ws).await;
+    assert_eq!(v["counts"], json!({"in": {"triangle": 1}, "out": {}}), "{v}");
+    assert_eq!(id_of(&tracked(&v, 0.3), "triangle"), tri);
+
+    // Tracking off: plain detections again (no track_id, no counts, untracked ones too).
+    let ack = send_options(&mut ws, json!({"threshold": 0.3})).await;
+    assert_eq!((&ack["options"]["track"], ack.get("track_reset")), (&json!(false), None), "{ack}");
+    send_frame(&mut ws, &pan_frame(11)).await;
+    let v = recv_json(&mut ws).await;
+    let dets = v["detections"].as_array().unwrap();
+    assert!(dets.len() >= 3 && dets.iter().all(|d| d.get("track_id").is_none()), "{v}");
+    assert!(v.get("counts").is_none(), "{v}");
+    ws.close(None).await.unwrap();
+}

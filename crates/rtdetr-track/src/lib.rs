@@ -107,6 +107,12 @@
 //! between frames (the demo model confuses circle and ellipse: 30 switches against 21
 //! class-agnostic at the defaults); set `class_aware: false` for such detectors.
 //!
+//! # Line-crossing counts
+//!
+//! [`LineCounter`] counts the tracks whose box centre crosses a line segment, per direction
+//! (*in*: from the left of the directed line A→B to its right, image coordinates) and
+//! class, each track at most once per direction; see the [`line`] module.
+//!
 //! # Example
 //!
 //! ```
@@ -125,9 +131,11 @@
 //! ```
 
 pub mod kalman;
+pub mod line;
 pub mod lsap;
 mod tracker;
 
+pub use line::{Crossing, Direction, LineCounter, LineError};
 pub use tracker::ByteTracker;
 
 /// Tracker settings. See the crate documentation for what each stage does and why the

@@ -3,7 +3,7 @@
 
 use ab_glyph::{FontRef, PxScale};
 use image::{Rgb, RgbImage};
-use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_mut, text_size};
+use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_line_segment_mut, draw_text_mut, text_size};
 use imageproc::rect::Rect;
 
 use crate::io::postprocess::Detection;
@@ -42,7 +42,7 @@ pub fn annotate_in_place(canvas: &mut RgbImage, detections: &[Detection]) {
         return;
     }
     let font = FontRef::try_from_slice(FONT).ok();
-    let thickness = ((w.min(h) as f32 / 300.0).round() as i32).clamp(1, 6);
+    let thickness = line_thickness(w, h);
     let scale = PxScale::from((w.min(h) as f32 / 30.0).clamp(11.0, 32.0));
     for d in detections {
         let color = class_color(d.class_id);
@@ -62,6 +62,39 @@ pub fn annotate_in_place(canvas: &mut RgbImage, detections: &[Detection]) {
             draw_text_mut(canvas, Rgb([0, 0, 0]), x0 + 2, ty, scale, font, &text);
         }
     }
+}
+
+/// Draws `text` in black on a filled box of `color` whose top-left corner is at (x, y),
+/// in the font and size [`annotate`] uses for an image of this size (for captions such as
+/// track ids or counts).
+pub fn draw_label(canvas: &mut RgbImage, x: i32, y: i32, text: &str, color: Rgb<u8>) {
+    let (w, h) = canvas.dimensions();
+    let Some(font) = FontRef::try_from_slice(FONT).ok().filter(|_| w > 0 && h > 0 && !text.is_empty()) else {
+        return;
+    };
+    let scale = PxScale::from((w.min(h) as f32 / 30.0).clamp(11.0, 32.0));
+    let (tw, th) = text_size(scale, &font, text);
+    draw_filled_rect_mut(canvas, Rect::at(x, y).of_size(tw + 4, th + 2), color);
+    draw_text_mut(canvas, Rgb([0, 0, 0]), x + 2, y, scale, &font, text);
+}
+
+/// Draws a line from `a` to `b` (pixels), `thickness` pixels wide.
+pub fn draw_line(canvas: &mut RgbImage, a: (f32, f32), b: (f32, f32), color: Rgb<u8>, thickness: i32) {
+    if ![a.0, a.1, b.0, b.1].iter().all(|v| v.is_finite()) {
+        return;
+    }
+    let t = thickness.max(1);
+    for dx in 0..t {
+        for dy in 0..t {
+            let (ox, oy) = ((dx - t / 2) as f32, (dy - t / 2) as f32);
+            draw_line_segment_mut(canvas, (a.0 + ox, a.1 + oy), (b.0 + ox, b.1 + oy), color);
+        }
+    }
+}
+
+/// The box line width [`annotate`] uses for an image of this size.
+pub fn line_thickness(width: u32, height: u32) -> i32 {
+    ((width.min(height) as f32 / 300.0).round() as i32).clamp(1, 6)
 }
 
 #[cfg(test)]
@@ -90,6 +123,22 @@ mod tests {
         };
         let _ = annotate(&img, &[tiny]);
         let _ = annotate(&RgbImage::new(0, 0), &[]);
+    }
+
+    #[test]
+    fn labels_and_lines() {
+        let mut img = RgbImage::from_pixel(100, 60, Rgb([255, 255, 255]));
+        draw_label(&mut img, 5, 5, "#3", Rgb([0, 200, 0]));
+        assert_eq!(img.get_pixel(6, 6), &Rgb([0, 200, 0]));
+        draw_line(&mut img, (10.0, 50.0), (90.0, 50.0), Rgb([255, 0, 0]), 3);
+        assert_eq!(img.get_pixel(50, 50), &Rgb([255, 0, 0]));
+        assert_eq!(img.get_pixel(50, 40), &Rgb([255, 255, 255]));
+        // Off the image, NaN, empty text or an empty image: nothing drawn, no panic.
+        draw_line(&mut img, (-50.0, -50.0), (500.0, -3.0), Rgb([1, 2, 3]), 2);
+        draw_line(&mut img, (f32::NAN, 0.0), (5.0, 5.0), Rgb([1, 2, 3]), 2);
+        draw_label(&mut img, 95, 55, "beyond the edge", Rgb([1, 2, 3]));
+        draw_label(&mut img, 0, 0, "", Rgb([1, 2, 3]));
+        draw_label(&mut RgbImage::new(0, 0), 0, 0, "x", Rgb([1, 2, 3]));
     }
 
     #[test]
