@@ -6,7 +6,9 @@ Not needed to build, test or use the Rust crates. Requirements: tools/requiremen
 For each checkpoint directory (Hugging Face layout), at one input size, batch and thread
 count, it times:
 
-  pytorch        transformers' RTDetrForObjectDetection, eager fp32, torch.inference_mode()
+  pytorch        transformers' model of the checkpoint's architecture (RTDetrForObjectDetection,
+                 RTDetrV2ForObjectDetection: AutoModelForObjectDetection), eager fp32,
+                 torch.inference_mode()
   onnxruntime    ONNX Runtime fp32 (CPU EP, all graph optimizations)
   openvino_fp32  OpenVINO CPU, INFERENCE_PRECISION_HINT=f32, PERFORMANCE_HINT=LATENCY
   openvino_bf16  OpenVINO CPU, INFERENCE_PRECISION_HINT=bf16 (falls back to f32 where the
@@ -276,7 +278,7 @@ def export_onnx(model, model_dir, x, args):
 # ---------------------------------------------------------------------------- one model
 
 def bench_model(model_dir, args, ov_core):
-    from transformers import RTDetrForObjectDetection
+    from transformers import AutoModelForObjectDetection
 
     h, w = args.size
     res = {"model": model_dir, "size": [h, w], "batch": args.batch, "threads": args.threads,
@@ -292,7 +294,7 @@ def bench_model(model_dir, args, ov_core):
     model = None
     if need_torch:
         log(f"{model_dir}: loading PyTorch model")
-        model = RTDetrForObjectDetection.from_pretrained(model_dir).eval()
+        model = AutoModelForObjectDetection.from_pretrained(model_dir).eval()
         with torch.inference_mode():
             o = model(pixel_values=x)
         outs["pytorch"] = (o.logits.numpy().copy(), o.pred_boxes.numpy().copy())

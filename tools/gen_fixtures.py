@@ -178,6 +178,11 @@ FULL = {
         size=(640, 640), seed=50, legacy=True,
     ),
 }
+# RT-DETRv2 in the shapes of the Hub's rtdetr_v2_r18vd / _r50vd (transformers' defaults:
+# bilinear sampling, 4 points per level, one head per decoder layer; seeds chosen to pass
+# the conditioning check).
+FULL["v2-r18vd"] = dict(FULL["r18vd"], arch="v2", seed=218)
+FULL["v2-r50vd"] = dict(FULL["r50vd"], arch="v2", seed=50)
 
 
 def build(spec):
@@ -299,7 +304,7 @@ def make_fixture(name, spec, dest_root: Path, images_dir: Path, image_files, tin
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--full", nargs="*", help="also write full-size checkpoints (r18vd, r50vd) to --full-dir")
+    ap.add_argument("--full", nargs="*", help="also write full-size checkpoints (r18vd, r50vd, v2-r18vd, v2-r50vd) to --full-dir")
     ap.add_argument("--full-dir", default="/tmp/rtdetr-full")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("FIXTURE_THREADS", "2")))
