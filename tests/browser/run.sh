@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts `rtdetr serve` with the bundled demo model on a free loopback port (with an API key),
+# Starts `rtdetr serve` with the bundled demo model (and a second model) on a free loopback port (with an API key),
 # runs the browser test (test.mjs) against it, stops the server. Needs target/release/rtdetr
 # (cargo build --release -p rtdetr-cli), /usr/bin/chromium and `npm ci` done in tests/browser.
 set -euo pipefail
@@ -8,7 +8,10 @@ BIN="${RTDETR_BIN:-$PWD/target/release/rtdetr}"
 mkdir -p target
 LOG=target/browser-serve.log
 KEY="browser-$RANDOM$RANDOM$RANDOM"
-RTDETR_API_KEYS="$KEY" "$BIN" serve --model models/shapes-demo --host 127.0.0.1 --port 0 >"$LOG" 2>&1 &
+# Two models (the demo model first, the default; an RT-DETRv2 fixture of other classes) for
+# the page's model picker.
+RTDETR_API_KEYS="$KEY" "$BIN" serve --model models/shapes-demo --model crates/rtdetr/tests/fixtures/tiny-v2 \
+  --host 127.0.0.1 --port 0 >"$LOG" 2>&1 &
 SERVER_PID=$!
 trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
 URL=""

@@ -5,6 +5,8 @@
 //
 // 1. upload mode: an example image is picked; boxes must be drawn on the canvas (it differs
 //    from the plain image) and the listed detections must equal what the API returns;
+//    the model picker lists the server's models, and picking the second one detects the
+//    image again with it (the request names it; the list equals the API's for that model);
 // 2. webcam mode: frames from the fake camera go over /v1/stream and answers come back for
 //    several frames (the frame counter increases); with "Track" ticked the server
 //    acknowledges tracking and every detection shown carries a track id.
@@ -69,36 +71,49 @@ const consoleErrors = [];
 page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
 page.on("pageerror", (e) => consoleErrors.push(String(e)));
 await page.addInitScript((k) => localStorage.setItem("rtdetr-api-key", k), key);
+// The models the server serves (run.sh starts two).
+const served = (await (await fetch(`${base}/v1/models`, { headers: auth })).json()).data.map((m) => m.id);
+// Every /v1/detections request body the page sends, and every WebSocket URL it opens.
+const detectionBodies = [], socketUrls = [];
+page.on("request", (r) => { if (r.url().endsWith("/v1/detections")) detectionBodies.push(JSON.parse(r.postData() || "{}")); });
+page.on("websocket", (ws) => socketUrls.push(ws.url()));
+
+// The rows of the page's detection table, and what they should be for an API answer.
+const tableRows = () => page.$$eval("#detections tbody tr", (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+const rowsOf = (api) => api.detections.map((d) => [
+  d.label,
+  d.score.toFixed(3),
+  [d.box.xmin, d.box.ymin, d.box.xmax, d.box.ymax].map((v) => v.toFixed(0)).join(", "),
+]);
+async function apiDetections(dataUrl, threshold, model) {
+  const r = await fetch(`${base}/v1/detections`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...auth },
+    body: JSON.stringify({ image: dataUrl, threshold, model }),
+  });
+  check(r.ok, `API answered ${r.status}`);
+  return r.json();
+}
 
 try {
   await run("upload: boxes drawn and the listed detections equal the API's", async () => {
     await page.goto(`${base}/`);
-    await page.waitForFunction(() => !/…/.test(document.getElementById("model-name").textContent));
-    const model = await page.textContent("#model-name");
-    check(!/key needed|unreachable/.test(model), `model name not shown: ${model}`);
+    await page.waitForFunction(() => document.getElementById("model").dataset.ready === "1", null, { timeout: 30_000 });
+    const listed = await page.$$eval("#model option", (os) => os.map((o) => o.value));
+    check(JSON.stringify(listed) === JSON.stringify(served), `picker lists ${JSON.stringify(listed)}, /v1/models ${JSON.stringify(served)}`);
+    check((await page.inputValue("#model")) === served[0], "the first model is not selected at first");
     await page.setInputFiles("#file", image);
     await page.waitForFunction(() => /detections above/.test(document.getElementById("status").textContent), null, {
       timeout: 60_000,
     });
     // What the API answers for the same image at the page's default threshold (0.50).
     const dataUrl = `data:image/png;base64,${fs.readFileSync(image).toString("base64")}`;
-    const r = await fetch(`${base}/v1/detections`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", ...auth },
-      body: JSON.stringify({ image: dataUrl, threshold: 0.5 }),
-    });
-    check(r.ok, `API answered ${r.status}`);
-    const api = await r.json();
+    const api = await apiDetections(dataUrl, 0.5, served[0]);
     check(api.detections.length > 0, "the API found nothing in the example image");
-    const rows = await page.$$eval("#detections tbody tr", (trs) =>
-      trs.map((tr) => [...tr.children].map((td) => td.textContent)),
-    );
-    const want = api.detections.map((d) => [
-      d.label,
-      d.score.toFixed(3),
-      [d.box.xmin, d.box.ymin, d.box.xmax, d.box.ymax].map((v) => v.toFixed(0)).join(", "),
-    ]);
+    const rows = await tableRows();
+    const want = rowsOf(api);
     check(JSON.stringify(rows) === JSON.stringify(want), `page lists ${JSON.stringify(rows)}, API ${JSON.stringify(want)}`);
+    check(detectionBodies.at(-1).model === served[0], `the page asked for model ${detectionBodies.at(-1).model}`);
     // The canvas shows the image with boxes: compare its pixels with the plain image.
     const diff = await page.evaluate(async (src) => {
       const view = document.getElementById("view");
@@ -123,6 +138,33 @@ try {
     check(diff.count === String(api.detections.length), `canvas reports ${diff.count} boxes`);
     await page.screenshot({ path: path.join(shots, "upload.png"), fullPage: true });
     console.log(`     ${api.detections.length} detections: ${api.detections.map((d) => d.label).join(", ")}; ${diff.changed} pixels drawn`);
+  });
+
+  await run("model picker: the second model detects the same image again", async () => {
+    check(served.length >= 2, `the server serves ${served.length} model(s); run.sh starts two`);
+    const dataUrl = `data:image/png;base64,${fs.readFileSync(image).toString("base64")}`;
+    const before = detectionBodies.length;
+    await page.selectOption("#model", served[1]);
+    await page.waitForFunction((m) => document.getElementById("status").textContent.includes(`by ${m}`), served[1], {
+      timeout: 60_000,
+    });
+    check(detectionBodies.length === before + 1 && detectionBodies.at(-1).model === served[1],
+      `the page did not ask ${served[1]}: ${JSON.stringify(detectionBodies.slice(before))}`);
+    // The slider at 0.01 (the page's own request threshold) lists everything it got.
+    await page.$eval("#threshold", (e) => { e.value = "0.01"; e.dispatchEvent(new Event("input")); });
+    const api = await apiDetections(dataUrl, 0.01, served[1]);
+    const first = await apiDetections(dataUrl, 0.01, served[0]);
+    check(JSON.stringify(rowsOf(api)) !== JSON.stringify(rowsOf(first)), "both models answer the same");
+    const rows = await tableRows();
+    check(JSON.stringify(rows) === JSON.stringify(rowsOf(api)), `page lists ${rows.length} rows, API ${api.detections.length} for ${served[1]}`);
+    await page.screenshot({ path: path.join(shots, "model-picker.png"), fullPage: true });
+    console.log(`     ${served[1]}: ${api.detections.length} detections above 0.01 (${served[0]}: ${first.detections.length})`);
+    // Back to the first model (kept in local storage) and the default threshold.
+    await page.selectOption("#model", served[0]);
+    await page.waitForFunction((m) => document.getElementById("status").textContent.includes(`by ${m}`), served[0], {
+      timeout: 60_000,
+    });
+    await page.$eval("#threshold", (e) => { e.value = "0.5"; e.dispatchEvent(new Event("input")); });
   });
 
   await run("webcam: fake camera frames over /v1/stream get answers, frame counter increases, tracking", async () => {
@@ -158,6 +200,8 @@ try {
       return s.size;
     });
     check(colours > 4, `webcam canvas looks blank (${colours} colours)`);
+    check(socketUrls.length && new URL(socketUrls.at(-1)).searchParams.get("model") === served[0],
+      `the stream did not name the chosen model: ${socketUrls.at(-1)}`);
     await page.screenshot({ path: path.join(shots, "webcam.png"), fullPage: true });
     console.log(`     ${f2} answered frames, last frame ${l2}: ${stats}`);
 
