@@ -11,6 +11,13 @@ CLI (`target/release/rtdetr detect --json`), tracks the detections with our trac
     /work/pyenv/bin/pip install supervision==0.30.9 trackeval==1.3.0
     CARGO_TARGET_DIR=/tmp/track-target cargo build --release -p rtdetr-track --examples
     /work/pyenv/bin/python tools/track_eval.py [--track-jsonl /tmp/track-target/release/examples/track_jsonl]
+
+`--write-test-data crates/rtdetr-track/tests/data/track_metrics.json` also writes one clip's
+ground truth and detections (`--test-clip`, default 0; boxes rounded to 0.01 px, scores to
+1e-4, only scores above the tracker's `low_thresh` 0.1, which it ignores otherwise) with the
+TrackEval figures of our tracker (defaults and two deliberately worse settings) and of the
+reference on exactly those detections: `crates/rtdetr-track/tests/metrics.rs` recomputes HOTA,
+MOTA, IDF1 and ID switches in Rust from them, without Python.
 """
 
 from __future__ import annotations
@@ -269,6 +276,7 @@ def trackeval_data(gt, res):
 
 
 def score(gts, results):
+    """TrackEval's HOTA, CLEAR and Identity over the clips (HOTA, MOTA, IDF1 in percent)."""
     from trackeval.metrics import CLEAR, HOTA, Identity
 
     metrics = [HOTA(), CLEAR({"PRINT_CONFIG": False}), Identity({"PRINT_CONFIG": False})]
@@ -281,8 +289,65 @@ def score(gts, results):
         "IDSW": int(total["CLEAR"]["IDSW"]),
         "FP": int(total["CLEAR"]["CLR_FP"]),
         "FN": int(total["CLEAR"]["CLR_FN"]),
+        "TP": int(total["CLEAR"]["CLR_TP"]),
+        "IDTP": int(total["Identity"]["IDTP"]),
+        "IDFP": int(total["Identity"]["IDFP"]),
+        "IDFN": int(total["Identity"]["IDFN"]),
         "ids": sum(len({i for f in r for i, _ in f}) for r in results),
     }
+
+
+# Settings of the committed test clip: name -> track_jsonl flags (None: the reference,
+# sv.ByteTrack at its defaults). The names are what tests/metrics.rs maps to configs.
+TEST_SETTINGS = {
+    "default": [],
+    "reference": None,
+    "track_buffer_1": ["--track-buffer", "1"],
+    "match_thresh_0.1": ["--match-thresh", "0.1"],
+}
+LOW_THRESH = 0.1  # ByteTrackConfig's low_thresh: lower scores are ignored by every setting above
+
+
+def write_test_data(path, clip, gt, det_lines, exe):
+    """One clip, compact, with the TrackEval figures on exactly the detections written."""
+    dets = []
+    for v in det_lines:
+        rows = []
+        for d in v["detections"]:
+            s = round(d["score"], 4)
+            if s > LOW_THRESH:
+                rows.append([round(d["box"][k], 2) for k in ("xmin", "ymin", "xmax", "ymax")] + [s, d["class_id"]])
+        dets.append(rows)
+    lines = [{"frame": t, "detections": [{"class_id": r[5], "score": r[4],
+                                          "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), r[:4]))} for r in rows]}
+             for t, rows in enumerate(dets)]
+    figures = {}
+    for name, flags in TEST_SETTINGS.items():
+        res = run_reference(lines, 0.25, 0.8) if flags is None else run_ours(exe, lines, flags)
+        figures[name] = score([gt], [res])
+    import supervision
+    import trackeval
+
+    doc = {
+        "about": f"clip {clip} of tools/track_eval.py ({FRAMES} frames, {W}x{H}): ground truth and the demo "
+                 "model's detections (rtdetr detect --json --threshold 0.05; boxes rounded to 0.01 px, scores to "
+                 f"1e-4, scores <= {LOW_THRESH} dropped), with TrackEval {trackeval.__version__} figures (HOTA, "
+                 "MOTA, IDF1 in percent) of our tracker (track_jsonl flags per setting) and of supervision "
+                 f"{supervision.__version__} sv.ByteTrack at its defaults on exactly these detections. "
+                 "Written by tools/track_eval.py --write-test-data; checked by tests/metrics.rs.",
+        "clip": clip,
+        "settings": {name: flags for name, flags in TEST_SETTINGS.items()},
+        "trackeval": figures,
+        "gt": [[[i] + b for i, b in rows] for rows in gt],
+        "dets": dets,
+    }
+    # one frame per line: small and diff-friendly
+    text = json.dumps({k: v for k, v in doc.items() if k not in ("gt", "dets")}, indent=1)[:-2]
+    for key in ("gt", "dets"):
+        text += f',\n "{key}": [\n' + ",\n".join(json.dumps(f, separators=(",", ":")) for f in doc[key]) + "\n ]"
+    Path(path).write_text(text + "\n}\n")
+    assert json.loads(Path(path).read_text()) == json.loads(json.dumps(doc))
+    return figures
 
 
 def main():
@@ -294,6 +359,9 @@ def main():
     ap.add_argument("--cache", help="keep ground truth and detections in this JSON file (rendering and "
                     "detection take minutes; delete it to redo them)")
     ap.add_argument("--sweep", action="store_true", help="more threshold settings")
+    ap.add_argument("--write-test-data", metavar="PATH", help="write one clip's ground truth, detections and "
+                    "TrackEval figures here (for crates/rtdetr-track/tests/metrics.rs)")
+    ap.add_argument("--test-clip", type=int, default=0, help="the clip --write-test-data writes (default 0)")
     args = ap.parse_args()
     for exe in (args.cli, args.track_jsonl):
         if not Path(exe).exists():
@@ -321,6 +389,7 @@ def main():
 
     settings = [("detector only, score > 0.5, no tracking", None)]
     settings += [("reference sv.ByteTrack (0.25, 0.8)", ("ref", 0.25, 0.8))]
+    settings += [("reference sv.ByteTrack at our thresholds (0.5, 0.9)", ("ref", 0.5, 0.9))]
     grid = ((0.25, 0.4, 0.5, 0.6, 0.7), (0.7, 0.8, 0.9)) if args.sweep else ((0.25, 0.4, 0.5, 0.6), (0.8, 0.9))
     for cls_flag in (["--class-agnostic"], []):
         for tt in grid[0]:
@@ -337,7 +406,8 @@ def main():
             results = [run_detector_only(d, 0.5) for d in dets]
         elif how[0] == "ref":
             results = [run_reference(d, how[1], how[2]) for d in dets]
-            ref_out = results
+            if how[1:] == (0.25, 0.8):
+                ref_out = results
         else:
             results = [run_ours(args.track_jsonl, d, how[1]) for d in dets]
         m = score(gts, results)
@@ -361,6 +431,19 @@ def main():
           f"{sum(len(f) for g in gts for f in g)} ground-truth boxes")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps([{"setting": n, **m} for n, m in rows], indent=1))
+    if args.write_test_data:
+        c = args.test_clip
+        if not 0 <= c < len(gts):
+            sys.exit(f"error: --test-clip {c} is not one of the {len(gts)} clips")
+        figures = write_test_data(args.write_test_data, c, gts[c], dets[c], args.track_jsonl)
+        full = score([gts[c]], [run_ours(args.track_jsonl, dets[c], [])])
+        size = Path(args.write_test_data).stat().st_size
+        print(f"\nclip {c} written to {args.write_test_data} ({size / 1024:.0f} KiB); "
+              f"TrackEval on exactly those detections:")
+        print("| setting | HOTA | MOTA | IDF1 | ID sw. | FP | FN | ids |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, m in list(figures.items()) + [("default, unrounded detections", full)]:
+            print(f"| {name} | {m['HOTA']:.1f} | {m['MOTA']:.1f} | {m['IDF1']:.1f} | {m['IDSW']} | {m['FP']} | {m['FN']} | {m['ids']} |")
 
 
 if __name__ == "__main__":
