@@ -219,6 +219,10 @@ pub struct RtDetrConfig {
     pub num_labels: Option<usize>,
 }
 
+/// Most classes a checkpoint may have (LVIS has 1203): [`RtDetrConfig::labels`] makes one
+/// name per class.
+pub const MAX_LABELS: usize = 1 << 16;
+
 /// A checkpoint's `config.json`, one variant per architecture (its `model_type`).
 #[derive(Debug, Clone)]
 pub enum ModelConfig {
@@ -405,6 +409,9 @@ impl RtDetrConfig {
         if self.num_labels() == 0 {
             return Err("the checkpoint has no labels".into());
         }
+        if self.num_labels() > MAX_LABELS {
+            return Err(format!("num_labels {} is above the largest supported {MAX_LABELS}", self.num_labels()));
+        }
         for name in [
             &self.activation_function,
             &self.encoder_activation_function,
@@ -416,6 +423,10 @@ impl RtDetrConfig {
         Ok(())
     }
 }
+
+/// Largest input side `preprocessor_config.json` may ask for (the checkpoints use 640): the
+/// model's input alone takes 15 bytes per pixel, about 1 GiB at 8192 x 8192.
+pub const MAX_INPUT_SIDE: usize = 8192;
 
 /// `preprocessor_config.json` of the RT-DETR image processor.
 #[derive(Debug, Clone, Deserialize)]
@@ -456,11 +467,15 @@ impl PreprocessorConfig {
         })
     }
 
-    /// Target `(height, width)`; 640x640 when unset.
+    /// Target `(height, width)`; 640x640 when unset. Sides above [`MAX_INPUT_SIDE`] are
+    /// refused: every image would be resized to that size before any other check.
     pub fn target_size(&self) -> Result<(usize, usize)> {
         let Some(size) = &self.size else { return Ok((640, 640)) };
         let get = |k: &str| size.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
         match (get("height"), get("width")) {
+            (Some(h), Some(w)) if h > MAX_INPUT_SIDE || w > MAX_INPUT_SIDE => Err(Error::Config(format!(
+                "preprocessor_config.json: size {h}x{w} is above the largest supported side of {MAX_INPUT_SIDE}"
+            ))),
             (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h, w)),
             _ => Err(Error::Config(format!(
                 "preprocessor_config.json: only size {{\"height\", \"width\"}} is supported, got {size:?}"
