@@ -1,5 +1,6 @@
 //! Several models in one server (issue 17): an RT-DETR and an RT-DETRv2 checkpoint of
-//! different classes and input sizes, plus the first one again at another size, chosen by
+//! different classes and input sizes, plus the first one again at another size and again in
+//! bf16 (per-model precision), chosen by
 //! the request's `model`; each answer equals the engine's for that model, batches are per
 //! model, unknown models are 404, `/v1/models`, `/health` and `/metrics` name them all.
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use rtdetr::{DetectOptions, Detector, LoadOptions};
+use rtdetr::{DetectOptions, Detector, LoadOptions, Precision};
 use rtdetr_server::{ModelSpec, RunningServer};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -19,22 +20,26 @@ use tokio_tungstenite::tungstenite::Message;
 /// An input size override `(height, width)`.
 type Size = Option<(usize, usize)>;
 
-/// (served name, fixture, input size override)
-const MODELS: [(&str, &str, Size); 3] =
-    [("v1", "tiny-bottleneck", None), ("v2", "tiny-v2", None), ("v1-small", "tiny-bottleneck", Some((64, 64)))];
+/// (served name, fixture, input size override, precision)
+const MODELS: [(&str, &str, Size, Precision); 4] = [
+    ("v1", "tiny-bottleneck", None, Precision::F32),
+    ("v2", "tiny-v2", None, Precision::F32),
+    ("v1-small", "tiny-bottleneck", Some((64, 64)), Precision::F32),
+    ("v1-bf16", "tiny-bottleneck", None, Precision::Bf16),
+];
 
-fn load_options(size: Size) -> LoadOptions {
-    LoadOptions { size, ..LoadOptions::default() }
+fn load_options(size: Size, precision: Precision) -> LoadOptions {
+    LoadOptions { size, precision, ..LoadOptions::default() }
 }
 
 async fn start_models(cfg: rtdetr_server::ServerConfig) -> TestServer {
     let specs = MODELS
         .iter()
-        .map(|&(name, fixture_name, size)| {
+        .map(|&(name, fixture_name, size, precision)| {
             let dir = fixture(fixture_name);
             ModelSpec {
                 name: name.to_string(),
-                loader: Box::new(move || Ok(Detector::from_dir(&dir, &load_options(size))?)),
+                loader: Box::new(move || Ok(Detector::from_dir(&dir, &load_options(size, precision))?)),
             }
         })
         .collect();
@@ -47,8 +52,8 @@ async fn start_models(cfg: rtdetr_server::ServerConfig) -> TestServer {
 
 /// The engine's one-by-one answer of a served model for a fixture image.
 fn reference_of(model: &str, image: &str, opts: &DetectOptions) -> Vec<rtdetr::Detection> {
-    let &(_, fixture_name, size) = MODELS.iter().find(|m| m.0 == model).expect("a served model");
-    let det = Detector::from_dir(&fixture(fixture_name), &load_options(size)).expect("model");
+    let &(_, fixture_name, size, precision) = MODELS.iter().find(|m| m.0 == model).expect("a served model");
+    let det = Detector::from_dir(&fixture(fixture_name), &load_options(size, precision)).expect("model");
     let img = rtdetr::load_image(&image_path(image)).expect("image");
     det.detect(&img, opts).expect("detect")
 }
@@ -65,15 +70,15 @@ async fn each_request_runs_on_the_model_it_names() {
     assert_eq!(s, 200);
     let v: Value = serde_json::from_str(&v).unwrap();
     let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["v1", "v2", "v1-small"]);
+    assert_eq!(ids, ["v1", "v2", "v1-small", "v1-bf16"]);
     let (s, _, h) = t.get("/health").await;
     let h: Value = serde_json::from_str(&h).unwrap();
-    assert_eq!((s, h["model"].as_str(), h["models"].as_array().map(Vec::len)), (200, Some("v1"), Some(3)));
+    assert_eq!((s, h["model"].as_str(), h["models"].as_array().map(Vec::len)), (200, Some("v1"), Some(4)));
     let (s, _, _) = t.get("/v1/models/v1-small").await;
     assert_eq!(s, 200);
 
     for image in ["photo.png", "rgba.png"] {
-        for (name, _, _) in MODELS {
+        for (name, _, _, _) in MODELS {
             let want = reference_of(name, image, &opts());
             let body = json!({"image": data_url(image), "model": name, "threshold": 0.0, "max_detections": 20});
             let (s, _, v) = t.post_json("/v1/detections", &body).await;
@@ -92,6 +97,14 @@ async fn each_request_runs_on_the_model_it_names() {
     let b = reference_of("v2", "photo.png", &opts());
     let c = reference_of("v1-small", "photo.png", &opts());
     assert!(a != b && a != c, "fixtures too alike to tell models apart");
+    // Per-model precision: the bf16 model answers as the engine does in bf16, which differs
+    // from f32 where the CPU has bf16 dot products (elsewhere bf16 runs f32, bit for bit).
+    let d = reference_of("v1-bf16", "photo.png", &opts());
+    if Precision::Bf16.effective() == Precision::Bf16 {
+        assert!(a != d, "the bf16 model answered exactly as f32");
+    } else {
+        assert_eq!(a, d, "the bf16 fallback is not f32");
+    }
     // No `model` on the native endpoint: the default model.
     let (s, _, v) = t
         .post_json("/v1/detections", &json!({"image": data_url("photo.png"), "threshold": 0.0, "max_detections": 20}))
