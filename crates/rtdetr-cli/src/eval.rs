@@ -1,14 +1,14 @@
 //! `rtdetr eval`: COCO bbox mAP of a checkpoint on a COCO-format dataset (or of an
-//! existing detections file), identical to pycocotools.
+//! existing detections file), identical to pycocotools. The detection loop is
+//! `rtdetr_coco::detector`, shared with the Python package.
 
-use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use rtdetr::DetectOptions;
-use rtdetr_coco::{CocoDataset, Params, STAT_NAMES};
+use rtdetr_coco::{detector, CocoDataset, STAT_NAMES};
 
 use crate::ModelArgs;
 
@@ -39,39 +39,10 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Maps the model's class ids to the dataset's category ids by name.
-pub fn map_categories(labels: &[String], gt: &CocoDataset) -> anyhow::Result<HashMap<usize, i64>> {
-    let norm = |s: &str| s.trim().to_lowercase().replace(['_', '-'], " ");
-    let by_name: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (norm(l), i)).collect();
-    let mut map = HashMap::new();
-    let mut missing = Vec::new();
-    for c in &gt.categories {
-        match by_name.get(&norm(&c.name)) {
-            Some(&i) => {
-                map.insert(i, c.id);
-            }
-            None => missing.push(c.name.clone()),
-        }
-    }
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "the dataset's categories {:?} have no matching label in the model (its labels: {})",
-            missing,
-            labels.join(", ")
-        );
-    }
-    Ok(map)
-}
-
 pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     let gt = CocoDataset::from_path(&args.annotations)
         .with_context(|| format!("cannot load {}", args.annotations.display()))?;
-    let mut images = gt.images.clone();
-    images.sort_by_key(|i| i.id);
-    if let Some(n) = args.limit {
-        images.truncate(n);
-    }
-    let img_ids: Vec<i64> = images.iter().map(|i| i.id).collect();
+    let images = detector::eval_images(&gt, args.limit);
     let (dets, speed) = if let Some(path) = &args.detections {
         let dets = rtdetr_coco::load_results(path).with_context(|| format!("cannot load {}", path.display()))?;
         rtdetr_coco::validate_results(&gt, &dets)?;
@@ -82,9 +53,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
             anyhow::bail!("--batch-size must be at least 1");
         }
         let det = args.model.load()?;
-        let cat_of = map_categories(det.labels(), &gt)?;
-        // The reference evaluation keeps everything: threshold 0, top 100 per image.
-        let opts = DetectOptions { threshold: 0.0, max_detections: 100, classes: None };
+        // Checked before the progress bar appears.
+        detector::map_categories(det.labels(), &gt)?;
         let bar = ProgressBar::new(images.len() as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
@@ -94,30 +64,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         let start = Instant::now();
-        let mut out = Vec::new();
-        for chunk in images.chunks(args.batch_size) {
-            let mut batch = Vec::with_capacity(chunk.len());
-            for im in chunk {
-                let name =
-                    im.file_name.as_deref().ok_or_else(|| anyhow::anyhow!("image {} has no file_name", im.id))?;
-                batch.push(rtdetr::load_image(&dir.join(name))?);
-            }
-            let results = det.detect_batch(&batch, &opts)?;
-            for (im, ds) in chunk.iter().zip(results) {
-                for d in ds {
-                    if let Some(&category_id) = cat_of.get(&d.class_id) {
-                        let b = d.bbox;
-                        out.push(rtdetr_coco::Detection {
-                            image_id: im.id,
-                            category_id,
-                            bbox: [b.xmin as f64, b.ymin as f64, (b.xmax - b.xmin) as f64, (b.ymax - b.ymin) as f64],
-                            score: d.score as f64,
-                        });
-                    }
-                }
-            }
-            bar.inc(chunk.len() as u64);
-        }
+        let out = detector::detect_images(&det, &gt, &images, dir, args.batch_size, |done| {
+            bar.set_position(done as u64);
+            ControlFlow::Continue(())
+        })?;
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
         (out, Some(images.len() as f64 / secs.max(1e-9)))
@@ -125,8 +75,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     if let Some(path) = &args.out {
         rtdetr_coco::write_results(path, &dets).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let params = Params::default().with_img_ids(img_ids);
-    let summary = rtdetr_coco::evaluate(&gt, &dets, &params);
+    let summary = detector::evaluate_images(&gt, &dets, &images);
     if args.json {
         let mut m = serde_json::Map::new();
         for (name, v) in STAT_NAMES.iter().zip(summary.stats.iter()) {

@@ -20,9 +20,14 @@
 //! interpolated precision with `searchsorted(..., side="left")`, and numpy's
 //! summation order in the final means. The committed parity tests compare all
 //! 12 stats and per-category AP with pycocotools on adversarial fixtures.
+//!
+//! With the `detector` feature, [`detector`] runs an `rtdetr::Detector` over a dataset
+//! (what `rtdetr eval` and the Python package's `Detector.eval` share).
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "detector")]
+pub mod detector;
 mod error;
 mod eval;
 mod params;

@@ -32,7 +32,8 @@ impl Weights {
         } else if index.is_file() {
             shard_files(&index)?
         } else {
-            return Err(Error::Weights(format!(
+            // A missing file rather than a malformed one (Python: FileNotFoundError).
+            return Err(Error::NotFound(format!(
                 "{}: no model.safetensors (or model.safetensors.index.json) in the model directory",
                 dir.display()
             )));
