@@ -12,8 +12,13 @@ deformable sampling_offsets / attention_weights), non-trivial BatchNorm statisti
 an encoder score head widened x10. Each fixture is checked to be well conditioned
 (a 1e-5 input perturbation moves logits by < 1e-4 and keeps the top-k) before saving.
 
+D-FINE fixtures (`arch="dfine"`) also move the backbone's learnable affine blocks off the
+identity, and take each decoder layer's reference by running with `eval_idx` = that layer
+(in eval mode D-FINE predicts only at `eval_idx`).
+
 Usage:
   python tools/gen_fixtures.py                       # small fixtures under tests/fixtures
+  FIXTURES=tiny-dfine-n,tiny-dfine python tools/gen_fixtures.py   # only those (comma-separated)
   python tools/gen_fixtures.py --full r18vd r50vd    # full-size checkpoints (not in CI)
 """
 
@@ -29,6 +34,9 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 from transformers import (
+    DFineConfig,
+    DFineForObjectDetection,
+    HGNetV2Config,
     RTDetrConfig,
     RTDetrForObjectDetection,
     RTDetrResNetConfig,
@@ -63,6 +71,11 @@ def healthy_init(model: RTDetrForObjectDetection, seed: int):
                 m.weight.copy_((torch.rand(m.weight.shape, generator=g) * 2 - 1) * bound)
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
+            elif type(m).__name__ == "HGNetV2LearnableAffineBlock":
+                # D-FINE's learnable affine blocks start at the identity (scale 1, bias 0):
+                # move them so that a missing one shows in the outputs.
+                m.scale.copy_(0.8 + torch.rand(1, generator=g) * 0.4)
+                m.bias.copy_(torch.randn(1, generator=g) * 0.1)
             elif hasattr(m, "running_mean") and hasattr(m, "running_var"):
                 n = m.running_mean.shape[0]
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
@@ -70,6 +83,11 @@ def healthy_init(model: RTDetrForObjectDetection, seed: int):
                 m.weight.copy_(0.5 + torch.rand(n, generator=g) * 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
         model.model.enc_score_head.weight.mul_(10.0)
+        if isinstance(model, DFineForObjectDetection):
+            # Sharper edge distributions, so that each layer's refinement moves the boxes
+            # well beyond the test tolerance (a near-uniform distribution integrates to ~0).
+            for head in model.model.decoder.bbox_embed:
+                head.layers[-1].weight.mul_(4.0)
 
 
 def synthetic_photo(w, h, seed, mode="RGB"):
@@ -166,6 +184,57 @@ FIXTURES = {
     ),
 }
 
+# D-FINE (DFineForObjectDetection, HGNetV2 backbone), one head per decoder layer
+# (tie_word_embeddings=False, as the Hub's converted checkpoints have).
+FIXTURES.update({
+    # The nano shape (ustc-community/dfine-nano-coco, transformers' conversion script's
+    # dfine_n): two feature levels (strides 16, 32; backbone out_indices [3, 4]), AIFI on
+    # level 1, learnable affine blocks, light (depthwise) blocks in stages 3-4, depth_mult
+    # 0.5 (two RepVGG blocks per CSP layer), hidden_expansion 0.34 (CSP width
+    # round(0.34 * 20 // 2) = 3), decoder_n_points [6, 6], 3 decoder layers; widths scaled
+    # down (head dim 5). Hub (4.x) key names as save_pretrained writes.
+    "tiny-dfine-n": dict(
+        arch="dfine",
+        backbone=dict(
+            stem_channels=[3, 8, 8], stage_in_channels=[8, 16, 32, 48], stage_mid_channels=[8, 8, 16, 16],
+            stage_out_channels=[16, 32, 48, 64], hidden_sizes=[16, 32, 48, 64], stage_num_blocks=[1, 1, 2, 1],
+            stage_downsample=[False, True, True, True], stage_light_block=[False, False, True, True],
+            stage_kernel_size=[3, 3, 5, 5], stage_numb_of_layers=[3, 3, 3, 3], use_learnable_affine_block=True,
+            out_indices=[3, 4],
+        ),
+        model=dict(
+            num_feature_levels=2, encoder_in_channels=[48, 64], feat_strides=[16, 32], encode_proj_layers=[1],
+            encoder_hidden_dim=20, encoder_ffn_dim=40, encoder_attention_heads=4, d_model=20,
+            decoder_in_channels=[20, 20], decoder_ffn_dim=40, decoder_attention_heads=4, decoder_n_points=[6, 6],
+            depth_mult=0.5, hidden_expansion=0.34, decoder_layers=3, num_queries=20, num_labels=5,
+        ),
+        size=(96, 64), seed=31, legacy=True,
+    ),
+    # The larger shapes (dfine_s/m/l/x): three levels (strides 8, 16, 32), AIFI on level 2,
+    # no learnable affine blocks (as dfine_l/x), per-level points [3, 6, 3], depth_mult 0.67
+    # (two RepVGG blocks per CSP layer, as dfine_m), hidden_expansion 0.5 (as dfine_s),
+    # 16 distribution bins instead of 32 (read from config.json, not assumed); widths
+    # scaled down. transformers 5 module key names (o_proj, mlp.layers.N, encoder.aifi).
+    "tiny-dfine": dict(
+        arch="dfine",
+        backbone=dict(
+            stem_channels=[3, 8, 12], stage_in_channels=[12, 16, 24, 32], stage_mid_channels=[8, 8, 12, 16],
+            stage_out_channels=[16, 24, 32, 48], hidden_sizes=[16, 24, 32, 48], stage_num_blocks=[1, 1, 2, 1],
+            stage_downsample=[False, True, True, True], stage_light_block=[False, False, True, True],
+            stage_kernel_size=[3, 3, 5, 5], stage_numb_of_layers=[3, 3, 3, 3], use_learnable_affine_block=False,
+            out_indices=[2, 3, 4],
+        ),
+        model=dict(
+            num_feature_levels=3, encoder_in_channels=[24, 32, 48], feat_strides=[8, 16, 32], encode_proj_layers=[2],
+            encoder_hidden_dim=16, encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16,
+            decoder_in_channels=[16, 16, 16], decoder_ffn_dim=32, decoder_attention_heads=2,
+            decoder_n_points=[3, 6, 3], depth_mult=0.67, hidden_expansion=0.5, max_num_bins=16, decoder_layers=3,
+            num_queries=30, num_labels=4,
+        ),
+        size=(64, 96), seed=32, legacy=False,
+    ),
+})
+
 FULL = {
     "r18vd": dict(
         backbone=dict(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=64),
@@ -183,22 +252,55 @@ FULL = {
 # the conditioning check).
 FULL["v2-r18vd"] = dict(FULL["r18vd"], arch="v2", seed=218)
 FULL["v2-r50vd"] = dict(FULL["r50vd"], arch="v2", seed=50)
+# D-FINE in the shapes of the Hub's dfine-nano / dfine-small (transformers' conversion
+# script's dfine_n and dfine_s configs).
+_HGNET_NS = dict(
+    hidden_sizes=[128, 256, 512, 1024], stem_channels=[3, 16, 16], stage_in_channels=[16, 64, 256, 512],
+    stage_mid_channels=[16, 32, 64, 128], stage_out_channels=[64, 256, 512, 1024], stage_num_blocks=[1, 1, 2, 1],
+    stage_downsample=[False, True, True, True], stage_light_block=[False, False, True, True],
+    stage_kernel_size=[3, 3, 5, 5], stage_numb_of_layers=[3, 3, 3, 3], use_learnable_affine_block=True,
+)
+FULL["dfine-n"] = dict(
+    arch="dfine",
+    backbone=dict(_HGNET_NS, out_indices=[3, 4]),
+    model=dict(
+        num_feature_levels=2, encoder_ffn_dim=512, encode_proj_layers=[1], d_model=128, encoder_hidden_dim=128,
+        decoder_ffn_dim=512, encoder_in_channels=[512, 1024], decoder_n_points=[6, 6], decoder_in_channels=[128, 128],
+        feat_strides=[16, 32], depth_mult=0.5, decoder_layers=3, hidden_expansion=0.34, num_labels=80,
+    ),
+    size=(640, 640), seed=60, legacy=True,
+)
+FULL["dfine-s"] = dict(
+    arch="dfine",
+    backbone=dict(_HGNET_NS, out_indices=[2, 3, 4]),
+    model=dict(
+        decoder_layers=3, hidden_expansion=0.5, depth_mult=0.34, decoder_n_points=[3, 6, 3],
+        encoder_in_channels=[256, 512, 1024], num_labels=80,
+    ),
+    size=(640, 640), seed=61, legacy=True,
+)
 
 
 def build(spec):
-    bb = RTDetrResNetConfig(**spec["backbone"], out_features=["stage2", "stage3", "stage4"])
     m = dict(spec["model"])
     n = m.pop("num_labels")
-    if spec.get("arch") == "v2":
+    arch = spec.get("arch")
+    if arch == "dfine":
+        # One head per decoder layer, as the Hub's converted checkpoints have.
+        bb = HGNetV2Config(**spec["backbone"])
+        cfg = DFineConfig(backbone_config=bb, num_labels=n, tie_word_embeddings=False, **m)
+    elif arch == "v2":
+        bb = RTDetrResNetConfig(**spec["backbone"], out_features=["stage2", "stage3", "stage4"])
         # One head per decoder layer, as the Hub's checkpoints have (tied heads would
         # leave layers 1.. untested).
         cfg = RTDetrV2Config(backbone_config=bb, num_labels=n, tie_word_embeddings=False, **m)
     else:
+        bb = RTDetrResNetConfig(**spec["backbone"], out_features=["stage2", "stage3", "stage4"])
         cfg = RTDetrConfig(backbone_config=bb, num_labels=n, **m)
     cfg.id2label = {i: f"class_{i}" for i in range(n)}
     cfg.label2id = {v: k for k, v in cfg.id2label.items()}
     torch.manual_seed(spec["seed"])
-    cls = RTDetrV2ForObjectDetection if spec.get("arch") == "v2" else RTDetrForObjectDetection
+    cls = {"v2": RTDetrV2ForObjectDetection, "dfine": DFineForObjectDetection}.get(arch, RTDetrForObjectDetection)
     model = cls(cfg).eval()
     healthy_init(model, spec["seed"])
     return model
@@ -222,15 +324,18 @@ def stage_tensors(model, pixel_values, prefix, strict=True):
         out[f"{prefix}topk_indices"] = idx.to(torch.int64)
         out[f"{prefix}enc_topk_logits"] = o.enc_topk_logits
         out[f"{prefix}enc_topk_bboxes"] = o.enc_topk_bboxes
-        for i in range(o.intermediate_logits.shape[1]):
-            out[f"{prefix}decoder.{i}.logits"] = o.intermediate_logits[:, i]
-            out[f"{prefix}decoder.{i}.boxes"] = o.intermediate_reference_points[:, i]
+        if isinstance(model, DFineForObjectDetection):
+            out.update(dfine_decoder_tensors(model, pixel_values, o, prefix))
+        else:
+            for i in range(o.intermediate_logits.shape[1]):
+                out[f"{prefix}decoder.{i}.logits"] = o.intermediate_logits[:, i]
+                out[f"{prefix}decoder.{i}.boxes"] = o.intermediate_reference_points[:, i]
         out[f"{prefix}logits"] = o.logits
         out[f"{prefix}pred_boxes"] = o.pred_boxes
         # Conditioning check: a 1e-5 perturbation must barely move the outputs.
         o2 = model(pixel_values=pixel_values + 1e-5 * torch.randn_like(pixel_values))
-        dl = (o2.logits - o.logits).abs().max().item()
         idx2 = torch.topk(o2.enc_outputs_class.max(-1).values, q, dim=1).indices
+        dl = matched_drift(o, o2, idx, idx2)
         if dl >= 1e-4 or not torch.equal(idx.sort(1).values, idx2.sort(1).values):
             if strict:
                 raise SystemExit(f"{prefix}: fixture ill-conditioned (logit drift {dl:.2e}); change the seed")
@@ -240,6 +345,46 @@ def stage_tensors(model, pixel_values, prefix, strict=True):
         gap = (best[:, q - 1] - best[:, q]).min().item() if best.shape[1] > q else 1.0
         print(f"  {prefix or 'main'}: logit drift {dl:.1e}, top-k cut-off gap {gap:.2e}")
     return out, o
+
+
+def matched_drift(o, o2, idx, idx2):
+    """Largest logit change between two runs, query by query: queries are matched by the
+    memory position they were selected from (the decoder is permutation-equivariant, so a
+    reordering of equally selected positions, common at full size, is not drift)."""
+    drift = 0.0
+    for b in range(idx.shape[0]):
+        pos = {int(v): k for k, v in enumerate(idx2[b])}
+        if set(pos) != {int(v) for v in idx[b]}:
+            return (o2.logits - o.logits).abs().max().item()
+        perm = torch.tensor([pos[int(v)] for v in idx[b]])
+        drift = max(drift, (o2.logits[b, perm] - o.logits[b]).abs().max().item())
+    return drift
+
+
+def dfine_decoder_tensors(model, pixel_values, o, prefix):
+    """D-FINE's decoder in eval mode predicts only at its `eval_idx` layer (the last), so
+    each layer's logits (LQE-adjusted) and boxes are taken by running with eval_idx = i;
+    layer 0 also gives the pre-bbox head's boxes and the logits before the LQE."""
+    out = {}
+    dec = model.model.decoder
+    layers = model.config.decoder_layers
+    hidden = o.intermediate_hidden_states
+    assert hidden.shape[0] == layers and hidden.shape[1] == pixel_values.shape[0], hidden.shape
+    saved = dec.eval_idx
+    try:
+        for i in range(layers):
+            dec.eval_idx = i
+            oi = model(pixel_values=pixel_values)
+            out[f"{prefix}decoder.{i}.logits"] = oi.intermediate_logits[:, -1]
+            out[f"{prefix}decoder.{i}.boxes"] = oi.intermediate_reference_points[:, -1]
+            out[f"{prefix}decoder.{i}.hidden"] = hidden[i]
+            if i == 0:
+                out[f"{prefix}decoder.pre.logits"] = oi.intermediate_logits[:, 0]
+                out[f"{prefix}decoder.pre.boxes"] = oi.intermediate_reference_points[:, 0]
+    finally:
+        dec.eval_idx = saved
+    assert torch.equal(out[f"{prefix}decoder.{layers - 1}.logits"], o.logits)
+    return out
 
 
 def detections_json(processor, outputs, sizes, labels, threshold):
@@ -304,7 +449,7 @@ def make_fixture(name, spec, dest_root: Path, images_dir: Path, image_files, tin
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--full", nargs="*", help="also write full-size checkpoints (r18vd, r50vd, v2-r18vd, v2-r50vd) to --full-dir")
+    ap.add_argument("--full", nargs="*", help="also write full-size checkpoints (r18vd, r50vd, v2-r18vd, v2-r50vd, dfine-n, dfine-s) to --full-dir")
     ap.add_argument("--full-dir", default="/tmp/rtdetr-full")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("FIXTURE_THREADS", "2")))

@@ -41,8 +41,9 @@ fn assert_clean_error(out: &Output, mentions: &str) {
 
 #[test]
 fn json_output_equals_reference_detections() {
-    // RT-DETR and both RT-DETRv2 sampling methods, through the same command.
-    for name in ["tiny-bottleneck", "tiny-v2", "tiny-v2-discrete"] {
+    // RT-DETR, both RT-DETRv2 sampling methods and D-FINE (two and three levels), through
+    // the same command.
+    for name in ["tiny-bottleneck", "tiny-v2", "tiny-v2-discrete", "tiny-dfine-n", "tiny-dfine"] {
         json_output_equals_reference(name);
     }
 }

@@ -1,9 +1,10 @@
 //! RT-DETR real-time object detection in native Rust.
 //!
-//! Loads the Hugging Face checkpoints of the `PekingU/rtdetr_*` family unchanged
-//! (config.json, model.safetensors, preprocessor_config.json) and reproduces the
-//! reference implementation (transformers' `RTDetrForObjectDetection` and its image
-//! processor). Start with [`Detector`].
+//! Loads the Hugging Face checkpoints of the `PekingU/rtdetr_*` family (RT-DETR,
+//! RT-DETRv2) and D-FINE's (`model_type: "d_fine"`) unchanged (config.json,
+//! model.safetensors, preprocessor_config.json) and reproduces the reference
+//! implementation (transformers' `RTDetrForObjectDetection`, `RTDetrV2ForObjectDetection`,
+//! `DFineForObjectDetection` and their image processor). Start with [`Detector`].
 //!
 //! Layout (`docs/architecture.md`): [`io`] reads checkpoints and images and turns raw
 //! outputs into detections; `model` holds the network, one file per stage, behind the
@@ -34,6 +35,15 @@ pub use model::{LayerOutput, Model, ModelOutput, StageTimes, Trace};
 /// Per-operation timing and the model's nominal FLOP count (`rtdetr bench --profile`).
 pub mod profile {
     pub use crate::kernels::flops::{set_profiling, take_profile, total, OpStat};
+}
+
+/// D-FINE's backbone and encoder on their own, for their stage tests
+/// (`tests/dfine_parity.rs`) only: not a stable API.
+#[doc(hidden)]
+pub mod dfine_internals {
+    pub use crate::io::weights::Weights;
+    pub use crate::model::dfine_encoder::DFineEncoder;
+    pub use crate::model::hgnet_v2::HgNetV2;
 }
 
 /// The kernels, for the kernel benchmark (`examples/kernel_bench.rs`) only: not a stable

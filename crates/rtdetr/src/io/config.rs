@@ -1,5 +1,6 @@
-//! Configuration structs mirroring transformers' `RTDetrConfig`, `RTDetrResNetConfig`
-//! and the image processor's `preprocessor_config.json`.
+//! Configuration structs mirroring transformers' `RTDetrConfig`, `RTDetrResNetConfig`,
+//! `RTDetrV2Config`, `DFineConfig` and `HGNetV2Config` (`config/dfine.rs`), and the image
+//! processor's `preprocessor_config.json`.
 //!
 //! Only fields that change the inference graph are read; everything else in the file is
 //! ignored. Defaults are transformers' defaults (the r50vd layout).
@@ -10,6 +11,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+
+mod dfine;
+pub use dfine::{DFineConfig, HgNetV2Config, PointsSpec, StrideSpec};
 
 /// Activation functions used by the checkpoints (transformers' `ACT2FN` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,10 +234,13 @@ pub enum ModelConfig {
     RtDetr(RtDetrConfig),
     /// `"rt_detr_v2"`: RT-DETR's graph with RT-DETRv2's decoder cross-attention.
     RtDetrV2(RtDetrV2Config),
+    /// `"d_fine"`: D-FINE (HGNetV2 backbone, RepNCSPELAN4 encoder, decoder with
+    /// fine-grained distribution refinement).
+    DFine(Box<DFineConfig>),
 }
 
 /// The `model_type`s this engine runs.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["rt_detr", "rt_detr_v2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["rt_detr", "rt_detr_v2", "d_fine"];
 
 fn d_decoder_n_levels() -> usize {
     3
@@ -296,6 +303,7 @@ impl ModelConfig {
         let cfg = match model_type.as_str() {
             "rt_detr" => ModelConfig::RtDetr(serde_json::from_value(value).map_err(json)?),
             "rt_detr_v2" => ModelConfig::RtDetrV2(serde_json::from_value(value).map_err(json)?),
+            "d_fine" => ModelConfig::DFine(serde_json::from_value(value).map_err(json)?),
             other => {
                 return Err(Error::Config(format!(
                     "{}: unsupported model_type {other:?}: this engine runs {} checkpoints",
@@ -307,6 +315,7 @@ impl ModelConfig {
         match &cfg {
             ModelConfig::RtDetr(c) => c.validate(),
             ModelConfig::RtDetrV2(c) => c.validate(),
+            ModelConfig::DFine(c) => c.validate(),
         }
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok(cfg)
@@ -317,6 +326,7 @@ impl ModelConfig {
         match self {
             ModelConfig::RtDetr(c) => c.labels(),
             ModelConfig::RtDetrV2(c) => c.base.labels(),
+            ModelConfig::DFine(c) => c.labels(),
         }
     }
 }
@@ -328,18 +338,12 @@ impl RtDetrConfig {
 
     /// Number of classes: `len(id2label)`, else `num_labels`, else 80.
     pub fn num_labels(&self) -> usize {
-        if !self.id2label.is_empty() {
-            self.id2label.len()
-        } else {
-            self.num_labels.unwrap_or(80)
-        }
+        num_labels_from(&self.id2label, self.num_labels)
     }
 
     /// Class names indexed by class id (`"LABEL_i"` where config.json has none).
     pub fn labels(&self) -> Vec<String> {
-        (0..self.num_labels())
-            .map(|i| self.id2label.get(&i.to_string()).cloned().unwrap_or_else(|| format!("LABEL_{i}")))
-            .collect()
+        labels_from(&self.id2label, self.num_labels())
     }
 
     /// The model uses the learned position embedding of the AIFI layer only when
@@ -422,6 +426,20 @@ impl RtDetrConfig {
         }
         Ok(())
     }
+}
+
+/// Number of classes of a checkpoint: `len(id2label)`, else `num_labels`, else 80.
+fn num_labels_from(id2label: &BTreeMap<String, String>, num_labels: Option<usize>) -> usize {
+    if !id2label.is_empty() {
+        id2label.len()
+    } else {
+        num_labels.unwrap_or(80)
+    }
+}
+
+/// `n` class names indexed by class id (`"LABEL_i"` where `id2label` has none).
+fn labels_from(id2label: &BTreeMap<String, String>, n: usize) -> Vec<String> {
+    (0..n).map(|i| id2label.get(&i.to_string()).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect()
 }
 
 /// Largest input side `preprocessor_config.json` may ask for (the checkpoints use 640): the

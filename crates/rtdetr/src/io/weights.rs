@@ -128,6 +128,8 @@ fn legacy_names(key: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut k = key.replace(".o_proj.", ".out_proj.");
     k = k.replace(".mlp.fc1.", ".fc1.").replace(".mlp.fc2.", ".fc2.");
+    // D-FINE's feed-forward layers (`DFineMLP`).
+    k = k.replace(".mlp.layers.0.", ".fc1.").replace(".mlp.layers.1.", ".fc2.");
     k = k.replace("model.encoder.aifi.", "model.encoder.encoder.");
     if k != key {
         out.push(k.clone());
@@ -154,6 +156,10 @@ mod tests {
         assert_eq!(
             legacy_names("model.encoder.aifi.0.layers.0.mlp.fc1.bias"),
             vec!["model.encoder.encoder.0.layers.0.fc1.bias".to_string()]
+        );
+        assert_eq!(
+            legacy_names("model.encoder.aifi.0.layers.0.mlp.layers.1.weight"),
+            vec!["model.encoder.encoder.0.layers.0.fc2.weight".to_string()]
         );
         assert_eq!(legacy_names("model.decoder.class_embed.2.weight"), vec!["class_embed.2.weight".to_string()]);
         assert!(legacy_names("model.enc_output.0.weight").is_empty());

@@ -7,6 +7,7 @@
 pub mod bf16;
 pub mod conv;
 pub mod deform_sample;
+pub mod depthwise;
 pub mod dispatch;
 pub mod flops;
 pub mod ops;

@@ -202,6 +202,53 @@ simd_dispatch! {
     fn max_pool_plane(s: &[f32], h: usize, w: usize, dst: &mut [f32]) => max_pool_plane_impl
 }
 
+/// `scale · x + shift` element-wise (HGNetV2's learnable affine block).
+pub fn scale_shift(x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
+    let mut v = with_f32(x, |s| s.to_vec())?;
+    v.iter_mut().for_each(|e| *e = scale * *e + shift);
+    Ok(Tensor::from_vec(v, x.dims(), x.device())?)
+}
+
+/// `F.pad(x, (0, 1, 0, 1))` on NCHW: one row and one column of zeros at the bottom and
+/// the right.
+pub fn pad_bottom_right(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let out = with_f32(x, |src| {
+        let mut out = vec![0f32; b * c * (h + 1) * (w + 1)];
+        for (dst, s) in out.chunks_exact_mut((h + 1) * (w + 1)).zip(src.chunks_exact(h * w)) {
+            for (drow, srow) in dst.chunks_exact_mut(w + 1).zip(s.chunks_exact(w)) {
+                drow[..w].copy_from_slice(srow);
+            }
+        }
+        out
+    })?;
+    Ok(Tensor::from_vec(out, (b, c, h + 1, w + 1), x.device())?)
+}
+
+/// `MaxPool2d(kernel_size=2, stride=1)` on NCHW (no padding; `ceil_mode` changes nothing
+/// at stride 1): an (H−1)×(W−1) map, NaN propagating as in PyTorch.
+pub fn max_pool_2x2_s1(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if h < 2 || w < 2 {
+        return Err(Error::InvalidArgument(format!("2x2 max pool of a {h}x{w} map")));
+    }
+    let (oh, ow) = (h - 1, w - 1);
+    let out = with_f32(x, |src| {
+        let mut out = vec![0f32; b * c * oh * ow];
+        out.par_chunks_mut(oh * ow).zip(src.par_chunks(h * w)).for_each(|(dst, s)| {
+            for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+                let (top, bottom) = (&s[oy * w..(oy + 1) * w], &s[(oy + 1) * w..(oy + 2) * w]);
+                for (ox, o) in row.iter_mut().enumerate() {
+                    // PyTorch's window order: row by row, left to right.
+                    *o = nan_max(nan_max(nan_max(top[ox], top[ox + 1]), bottom[ox]), bottom[ox + 1]);
+                }
+            }
+        });
+        out
+    })?;
+    Ok(Tensor::from_vec(out, (b, c, oh, ow), x.device())?)
+}
+
 /// `AvgPool2d(2, 2, 0, ceil_mode=True)` on NCHW: a partial window at an odd edge averages
 /// only the elements inside the input, as PyTorch does without padding.
 pub fn avg_pool_2x2_ceil(x: &Tensor) -> Result<Tensor> {
@@ -304,6 +351,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn stem_pad_and_pool_match_the_definition() {
+        let mut rng = Rng(33);
+        let (b, c, h, w) = (2, 3, 4, 5);
+        let mut x = rng.vec(b * c * h * w);
+        x[7] = f32::NAN;
+        let t = Tensor::from_vec(x.clone(), (b, c, h, w), &Device::Cpu).unwrap();
+        let padded = pad_bottom_right(&t).unwrap();
+        assert_eq!(padded.dims(), [b, c, h + 1, w + 1]);
+        let p: Vec<f32> = padded.flatten_all().unwrap().to_vec1().unwrap();
+        let at = |v: &[f32], plane: usize, y: usize, xx: usize, ww: usize, hh: usize| v[(plane * hh + y) * ww + xx];
+        for plane in 0..b * c {
+            for y in 0..=h {
+                for xx in 0..=w {
+                    let want = if y < h && xx < w { at(&x, plane, y, xx, w, h) } else { 0.0 };
+                    let got = at(&p, plane, y, xx, w + 1, h + 1);
+                    assert!(got == want || (got.is_nan() && want.is_nan()));
+                }
+            }
+        }
+        let pooled = max_pool_2x2_s1(&padded).unwrap();
+        assert_eq!(pooled.dims(), [b, c, h, w]);
+        let q: Vec<f32> = pooled.flatten_all().unwrap().to_vec1().unwrap();
+        for plane in 0..b * c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let mut m = f32::NEG_INFINITY;
+                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let v = at(&p, plane, y + dy, xx + dx, w + 1, h + 1);
+                        if v > m || v.is_nan() {
+                            m = v;
+                        }
+                    }
+                    let got = at(&q, plane, y, xx, w, h);
+                    assert!(got == m || (got.is_nan() && m.is_nan()), "{plane} {y} {xx}: {got} vs {m}");
+                }
+            }
+        }
+        let one = Tensor::zeros((1, 1, 1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(max_pool_2x2_s1(&one).is_err());
+        let s: Vec<f32> = scale_shift(&t, 2.0, -1.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(s[0], 2.0 * x[0] - 1.0);
     }
 
     #[test]

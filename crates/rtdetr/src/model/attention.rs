@@ -38,7 +38,7 @@ impl SelfAttention {
     }
 }
 
-/// `mlp.fc1` → activation → `mlp.fc2`.
+/// `mlp.fc1` → activation → `mlp.fc2`, plus the input.
 pub struct FeedForward {
     fc1: Linear,
     fc2: Linear,
@@ -47,11 +47,12 @@ pub struct FeedForward {
 
 impl FeedForward {
     pub fn load(w: &Weights, key: &str, dim: usize, hidden: usize, act: Activation) -> Result<Self> {
-        Ok(Self {
-            fc1: Linear::load(w, &format!("{key}.fc1"), dim, hidden)?,
-            fc2: Linear::load(w, &format!("{key}.fc2"), hidden, dim)?,
-            act,
-        })
+        Self::load_named(w, &format!("{key}.fc1"), &format!("{key}.fc2"), dim, hidden, act)
+    }
+
+    /// The two linear layers at their own keys (D-FINE: `mlp.layers.0`, `mlp.layers.1`).
+    pub fn load_named(w: &Weights, fc1: &str, fc2: &str, dim: usize, hidden: usize, act: Activation) -> Result<Self> {
+        Ok(Self { fc1: Linear::load(w, fc1, dim, hidden)?, fc2: Linear::load(w, fc2, hidden, dim)?, act })
     }
 
     /// `fc2(act(fc1(x))) + x`.

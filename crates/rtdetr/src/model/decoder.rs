@@ -61,7 +61,7 @@ pub struct Decoder {
 }
 
 /// `inverse_sigmoid` with the reference's clamping (eps 1e-5).
-fn inverse_sigmoid(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn inverse_sigmoid(x: &Tensor) -> Result<Tensor> {
     let x = x.clamp(0f32, 1f32)?;
     let x1 = x.clamp(1e-5f32, f32::MAX)?;
     let x2 = x.affine(-1.0, 1.0)?.clamp(1e-5f32, f32::MAX)?;

@@ -1,24 +1,26 @@
-//! Multi-scale deformable cross-attention (`RTDetrMultiscaleDeformableAttention`, and
-//! RT-DETRv2's `RTDetrV2MultiscaleDeformableAttention`): each query predicts sampling
-//! offsets and attention weights per head, level and point around its reference box, and
-//! reads the encoder memory there.
+//! Multi-scale deformable cross-attention (`RTDetrMultiscaleDeformableAttention`,
+//! RT-DETRv2's `RTDetrV2MultiscaleDeformableAttention` and D-FINE's
+//! `DFineMultiscaleDeformableAttention`): each query predicts sampling offsets and
+//! attention weights per head, level and point around its reference box, and reads the
+//! encoder memory there.
 
 use candle_core::Tensor;
 
-use crate::error::Result;
-use crate::io::config::{Activation, RtDetrConfig};
+use crate::error::{Error, Result};
+use crate::io::config::{Activation, DFineConfig, RtDetrConfig};
 use crate::io::weights::Weights;
 use crate::kernels::deform_sample::{sample_memory, MsdaDims, SamplingMethod};
 use crate::kernels::dispatch::with_f32;
 use crate::kernels::ops::softmax_rows;
 use crate::model::layers::Linear;
 
-/// Sampling offsets, attention weights, value and output projections under `key`.
+/// Sampling offsets, attention weights, value and output projections under `key` (D-FINE
+/// has neither projection: it samples the memory itself).
 pub struct DeformableAttention {
     sampling_offsets: Linear,
     attention_weights: Linear,
-    value_proj: Linear,
-    output_proj: Linear,
+    value_proj: Option<Linear>,
+    output_proj: Option<Linear>,
     heads: usize,
     /// Sampling points on each level.
     points: Vec<usize>,
@@ -30,8 +32,9 @@ pub struct DeformableAttention {
 enum Offsets {
     /// RT-DETR: `ref_xy + offset / P_l · ref_wh · 0.5`.
     PerLevelPoints,
-    /// RT-DETRv2: `ref_xy + offset · n_points_scale · ref_wh · offset_scale`, with the
-    /// checkpoint's `n_points_scale` buffer (one value per level and point).
+    /// RT-DETRv2 and D-FINE: `ref_xy + offset · n_points_scale · ref_wh · offset_scale`,
+    /// with the checkpoint's `n_points_scale` (D-FINE: `num_points_scale`) buffer, one value
+    /// per level and point.
     Scaled { points_scale: Vec<f32>, offset_scale: f32 },
 }
 
@@ -59,12 +62,38 @@ impl DeformableAttention {
         Ok(Self {
             sampling_offsets: Linear::load(w, &format!("{key}.sampling_offsets"), d, h * l * p * 2)?,
             attention_weights: Linear::load(w, &format!("{key}.attention_weights"), d, h * l * p)?,
-            value_proj: Linear::load(w, &format!("{key}.value_proj"), d, d)?,
-            output_proj: Linear::load(w, &format!("{key}.output_proj"), d, d)?,
+            value_proj: Some(Linear::load(w, &format!("{key}.value_proj"), d, d)?),
+            output_proj: Some(Linear::load(w, &format!("{key}.output_proj"), d, d)?),
             heads: h,
             points: vec![p; l],
             offsets,
             method,
+        })
+    }
+
+    /// D-FINE's cross-attention: per-level point counts, scaled offsets, no projections.
+    pub fn load_dfine(w: &Weights, key: &str, cfg: &DFineConfig) -> Result<Self> {
+        let d = cfg.d_model;
+        let h = cfg.decoder_attention_heads;
+        let points = cfg.points_per_level();
+        let total: usize = points.iter().sum();
+        // The checkpoint's buffer; transformers recomputes it (1 / P_l for each point of
+        // level l) where a checkpoint lacks it.
+        let scale_key = format!("{key}.num_points_scale");
+        let points_scale = if w.contains(&scale_key) {
+            w.get(&scale_key, &[total])?.to_vec1()?
+        } else {
+            points.iter().flat_map(|&p| std::iter::repeat_n(1.0 / p as f32, p)).collect()
+        };
+        Ok(Self {
+            sampling_offsets: Linear::load(w, &format!("{key}.sampling_offsets"), d, h * total * 2)?,
+            attention_weights: Linear::load(w, &format!("{key}.attention_weights"), d, h * total)?,
+            value_proj: None,
+            output_proj: None,
+            heads: h,
+            points,
+            offsets: Offsets::Scaled { points_scale, offset_scale: cfg.decoder_offset_scale as f32 },
+            method: if cfg.decoder_method == "discrete" { SamplingMethod::Discrete } else { SamplingMethod::Bilinear },
         })
     }
 
@@ -78,6 +107,22 @@ impl DeformableAttention {
         memory: &Tensor,
         shapes: &[(usize, usize)],
         residual: &Tensor,
+    ) -> Result<Tensor> {
+        let out = self.attend(query, reference, memory, shapes)?;
+        match &self.output_proj {
+            Some(o) => o.forward_with(&out, Some(residual), Activation::Identity),
+            None => Err(Error::Internal("deformable attention without an output projection".into())),
+        }
+    }
+
+    /// The attention itself, (B, Q, D): the heads' weighted samples of the (value-projected)
+    /// memory, before any output projection.
+    pub fn attend(
+        &self,
+        query: &Tensor,
+        reference: &Tensor,
+        memory: &Tensor,
+        shapes: &[(usize, usize)],
     ) -> Result<Tensor> {
         let (b, q, d) = query.dims3()?;
         let h = self.heads;
@@ -116,17 +161,28 @@ impl DeformableAttention {
         let started = crate::kernels::flops::start();
         let (sampled, in_bounds) =
             with_f32(memory, |m| sample_memory(m, shapes, &self.points, &locations, &weights, dims))?;
-        let out = self.value_proj.run_per_head(&sampled, b * q, h, &in_bounds);
-        // The model's nominal cost: the value projection of all S positions, then the
-        // four bilinear corners per sample.
-        let flops = 2 * (b * s * d * d) as u64 + (8 * weights.len() * (d / h)) as u64;
+        let out = match &self.value_proj {
+            Some(v) => v.run_per_head(&sampled, b * q, h, &in_bounds),
+            // No projection: head h's output is its own slice of its samples.
+            None => sampled
+                .chunks_exact(d)
+                .enumerate()
+                .flat_map(|(bqh, row)| {
+                    let head = bqh % h;
+                    row[head * (d / h)..(head + 1) * (d / h)].iter().copied()
+                })
+                .collect(),
+        };
+        // The model's nominal cost: the value projection of all S positions (where there is
+        // one), then the four bilinear corners per sample.
+        let projection = if self.value_proj.is_some() { 2 * (b * s * d * d) as u64 } else { 0 };
+        let flops = projection + (8 * weights.len() * (d / h)) as u64;
         crate::kernels::flops::add(flops);
         crate::kernels::flops::record(
             started,
             || format!("deformable attention {h}x{} {b}x{q}x{per_head}", d / h),
             flops,
         );
-        let out = Tensor::from_vec(out, (b, q, d), query.device())?;
-        self.output_proj.forward_with(&out, Some(residual), Activation::Identity)
+        Ok(Tensor::from_vec(out, (b, q, d), query.device())?)
     }
 }

@@ -11,6 +11,33 @@ use crate::kernels::tensor_ops::{add, concat_channels};
 use crate::model::attention::{FeedForward, SelfAttention};
 use crate::model::layers::{ConvBn, LayerNorm};
 
+/// The shape of an AIFI transformer layer.
+pub(crate) struct EncoderLayerSpec {
+    pub dim: usize,
+    pub heads: usize,
+    pub ffn_dim: usize,
+    pub act: Activation,
+    pub eps: f64,
+    pub normalize_before: bool,
+    /// The feed-forward layers' names under the layer's `mlp`: `fc1`, `fc2` (RT-DETR) or
+    /// `layers.0`, `layers.1` (D-FINE).
+    pub ffn_names: [&'static str; 2],
+}
+
+impl EncoderLayerSpec {
+    fn rtdetr(cfg: &RtDetrConfig) -> Result<Self> {
+        Ok(Self {
+            dim: cfg.encoder_hidden_dim,
+            heads: cfg.encoder_attention_heads,
+            ffn_dim: cfg.encoder_ffn_dim,
+            act: Activation::parse(&cfg.encoder_activation_function)?,
+            eps: cfg.layer_norm_eps,
+            normalize_before: cfg.normalize_before,
+            ffn_names: ["fc1", "fc2"],
+        })
+    }
+}
+
 /// `RTDetrEncoderLayer` (post-norm unless `normalize_before`).
 struct EncoderLayer {
     self_attn: SelfAttention,
@@ -21,15 +48,22 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(w: &Weights, key: &str, cfg: &RtDetrConfig) -> Result<Self> {
-        let d = cfg.encoder_hidden_dim;
-        let act = Activation::parse(&cfg.encoder_activation_function)?;
+    fn load(w: &Weights, key: &str, s: &EncoderLayerSpec) -> Result<Self> {
+        let d = s.dim;
+        let [fc1, fc2] = s.ffn_names;
         Ok(Self {
-            self_attn: SelfAttention::load(w, &format!("{key}.self_attn"), d, cfg.encoder_attention_heads)?,
-            attn_norm: LayerNorm::load(w, &format!("{key}.self_attn_layer_norm"), d, cfg.layer_norm_eps)?,
-            mlp: FeedForward::load(w, &format!("{key}.mlp"), d, cfg.encoder_ffn_dim, act)?,
-            final_norm: LayerNorm::load(w, &format!("{key}.final_layer_norm"), d, cfg.layer_norm_eps)?,
-            normalize_before: cfg.normalize_before,
+            self_attn: SelfAttention::load(w, &format!("{key}.self_attn"), d, s.heads)?,
+            attn_norm: LayerNorm::load(w, &format!("{key}.self_attn_layer_norm"), d, s.eps)?,
+            mlp: FeedForward::load_named(
+                w,
+                &format!("{key}.mlp.{fc1}"),
+                &format!("{key}.mlp.{fc2}"),
+                d,
+                s.ffn_dim,
+                s.act,
+            )?,
+            final_norm: LayerNorm::load(w, &format!("{key}.final_layer_norm"), d, s.eps)?,
+            normalize_before: s.normalize_before,
         })
     }
 
@@ -53,6 +87,60 @@ impl EncoderLayer {
         } else {
             self.final_norm.forward(&m)
         }
+    }
+}
+
+/// AIFI: transformer layers over one level of the projected maps, with the 2-D sin-cos
+/// position embedding added to queries and keys.
+pub(crate) struct Aifi {
+    level: usize,
+    layers: Vec<EncoderLayer>,
+    dim: usize,
+    temperature: f64,
+    use_pos: bool,
+}
+
+impl Aifi {
+    /// One AIFI per entry of `encode_proj_layers` (none when `encoder_layers` is 0), with
+    /// `encoder_layers` layers each, under `model.encoder.aifi.{i}.layers.{j}`.
+    pub(crate) fn load_all(
+        w: &Weights,
+        spec: &EncoderLayerSpec,
+        encoder_layers: usize,
+        encode_proj_layers: &[usize],
+        temperature: f64,
+        use_pos: bool,
+    ) -> Result<Vec<Self>> {
+        if encoder_layers == 0 {
+            return Ok(Vec::new());
+        }
+        encode_proj_layers
+            .iter()
+            .enumerate()
+            .map(|(i, &level)| {
+                let layers = (0..encoder_layers)
+                    .map(|j| EncoderLayer::load(w, &format!("model.encoder.aifi.{i}.layers.{j}"), spec))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Self { level, layers, dim: spec.dim, temperature, use_pos })
+            })
+            .collect()
+    }
+
+    /// Replaces its level of `maps` (B, D, H, W) by the transformer's output.
+    pub(crate) fn apply(&self, maps: &mut [Tensor]) -> Result<()> {
+        let x = &maps[self.level];
+        let (b, c, h, w) = x.dims4()?;
+        let mut seq = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let pos = if self.use_pos {
+            Some(sincos_position_embedding(h, w, self.dim, self.temperature, x.device())?)
+        } else {
+            None
+        };
+        for l in &self.layers {
+            seq = l.forward(&seq, pos.as_ref())?;
+        }
+        maps[self.level] = seq.transpose(1, 2)?.reshape((b, c, h, w))?.contiguous()?;
+        Ok(())
     }
 }
 
@@ -81,10 +169,10 @@ pub fn sincos_position_embedding(
     Ok(Tensor::from_vec(data, (1, height * width, dim), device)?)
 }
 
-/// `RTDetrCSPRepLayer`. Its `RTDetrRepVggBlock`s, act(conv3x3(x) + conv1x1(x)), are
-/// re-parameterised at load into one 3x3 convolution each (RepVGG), and conv1/conv2,
-/// which read the same input, run as one convolution.
-struct CspRepLayer {
+/// `RTDetrCSPRepLayer` (and D-FINE's `DFineCSPRepLayer`). Its `RTDetrRepVggBlock`s,
+/// act(conv3x3(x) + conv1x1(x)), are re-parameterised at load into one 3x3 convolution
+/// each (RepVGG), and conv1/conv2, which read the same input, run as one convolution.
+pub(crate) struct CspRepLayer {
     /// conv1 and conv2 stacked: the first `hidden` output channels are conv1's.
     conv12: ConvBn,
     hidden: usize,
@@ -92,8 +180,9 @@ struct CspRepLayer {
     conv3: Option<ConvBn>,
 }
 
+/// `RTDetrConvNormLayer` / `DFineConvNormLayer`: `{key}.conv` (no bias) + `{key}.norm`.
 #[allow(clippy::too_many_arguments)]
-fn conv_norm(
+pub(crate) fn conv_norm(
     w: &Weights,
     key: &str,
     c_in: usize,
@@ -101,48 +190,45 @@ fn conv_norm(
     k: usize,
     stride: usize,
     padding: usize,
-    cfg: &RtDetrConfig,
+    bn_eps: f64,
     act: Activation,
 ) -> Result<ConvBn> {
-    ConvBn::load(
-        w,
-        &format!("{key}.conv"),
-        &format!("{key}.norm"),
-        c_in,
-        c_out,
-        k,
-        stride,
-        padding,
-        cfg.batch_norm_eps,
-        act,
-    )
+    ConvBn::load(w, &format!("{key}.conv"), &format!("{key}.norm"), c_in, c_out, k, stride, padding, bn_eps, act)
+}
+
+/// The shape of a [`CspRepLayer`].
+pub(crate) struct CspSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    /// `int(c_out * expansion)`.
+    pub hidden: usize,
+    pub num_blocks: usize,
+    pub act: Activation,
+    pub bn_eps: f64,
 }
 
 impl CspRepLayer {
-    fn load(w: &Weights, key: &str, cfg: &RtDetrConfig) -> Result<Self> {
-        let act = Activation::parse(&cfg.activation_function)?;
-        let out = cfg.encoder_hidden_dim;
-        let c_in = out * 2;
-        let hidden = (out as f64 * cfg.hidden_expansion) as usize;
+    pub(crate) fn load(w: &Weights, key: &str, s: &CspSpec) -> Result<Self> {
+        let (hidden, eps, act) = (s.hidden, s.bn_eps, s.act);
         let mut blocks = Vec::new();
-        for i in 0..3 {
+        for i in 0..s.num_blocks {
             let b = format!("{key}.bottlenecks.{i}");
-            let conv1 = conv_norm(w, &format!("{b}.conv1"), hidden, hidden, 3, 1, 1, cfg, Activation::Identity)?;
-            let conv2 = conv_norm(w, &format!("{b}.conv2"), hidden, hidden, 1, 1, 0, cfg, Activation::Identity)?;
+            let conv1 = conv_norm(w, &format!("{b}.conv1"), hidden, hidden, 3, 1, 1, eps, Activation::Identity)?;
+            let conv2 = conv_norm(w, &format!("{b}.conv2"), hidden, hidden, 1, 1, 0, eps, Activation::Identity)?;
             blocks.push(conv1.merge_parallel(&conv2, act)?);
         }
-        let conv3 = if hidden != out {
-            Some(conv_norm(w, &format!("{key}.conv3"), hidden, out, 1, 1, 0, cfg, act)?)
+        let conv3 = if hidden != s.c_out {
+            Some(conv_norm(w, &format!("{key}.conv3"), hidden, s.c_out, 1, 1, 0, eps, act)?)
         } else {
             None
         };
-        let conv1 = conv_norm(w, &format!("{key}.conv1"), c_in, hidden, 1, 1, 0, cfg, act)?;
-        let conv2 = conv_norm(w, &format!("{key}.conv2"), c_in, hidden, 1, 1, 0, cfg, act)?;
+        let conv1 = conv_norm(w, &format!("{key}.conv1"), s.c_in, hidden, 1, 1, 0, eps, act)?;
+        let conv2 = conv_norm(w, &format!("{key}.conv2"), s.c_in, hidden, 1, 1, 0, eps, act)?;
         Ok(Self { conv12: ConvBn::concat(&[&conv1, &conv2])?, hidden, blocks, conv3 })
     }
 
     /// conv3(blocks(conv1(x)) + conv2(x)).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let both = self.conv12.forward(x)?;
         let mut h = both.narrow(1, 0, self.hidden)?;
         let c2 = both.narrow(1, self.hidden, self.hidden)?;
@@ -163,84 +249,76 @@ impl CspRepLayer {
 /// Input projections + hybrid encoder. Output: one (B, D, H, W) map per level.
 pub struct HybridEncoder {
     input_proj: Vec<ConvBn>,
-    aifi: Vec<(usize, Vec<EncoderLayer>)>,
+    aifi: Vec<Aifi>,
     lateral: Vec<ConvBn>,
     fpn: Vec<CspRepLayer>,
     downsample: Vec<ConvBn>,
     pan: Vec<CspRepLayer>,
-    dim: usize,
-    temperature: f64,
-    use_pos: bool,
+}
+
+/// The encoder's input projections (`model.encoder_input_proj.{i}`): a 1x1 convolution
+/// from each backbone map's channels to `dim`, BatchNorm with its default eps.
+pub(crate) fn input_projections(w: &Weights, backbone_channels: &[usize], dim: usize) -> Result<Vec<ConvBn>> {
+    backbone_channels
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            ConvBn::load(
+                w,
+                &format!("model.encoder_input_proj.{i}.0"),
+                &format!("model.encoder_input_proj.{i}.1"),
+                c,
+                dim,
+                1,
+                1,
+                0,
+                1e-5,
+                Activation::Identity,
+            )
+        })
+        .collect()
 }
 
 impl HybridEncoder {
     pub fn load(w: &Weights, cfg: &RtDetrConfig, backbone_channels: &[usize]) -> Result<Self> {
         let d = cfg.encoder_hidden_dim;
         let act = Activation::parse(&cfg.activation_function)?;
-        let mut input_proj = Vec::new();
-        for (i, &c) in backbone_channels.iter().enumerate() {
-            // nn.BatchNorm2d(encoder_hidden_dim) with its default eps.
-            input_proj.push(ConvBn::load(
-                w,
-                &format!("model.encoder_input_proj.{i}.0"),
-                &format!("model.encoder_input_proj.{i}.1"),
-                c,
-                d,
-                1,
-                1,
-                0,
-                1e-5,
-                Activation::Identity,
-            )?);
-        }
-        let mut aifi = Vec::new();
-        if cfg.encoder_layers > 0 {
-            for (i, &level) in cfg.encode_proj_layers.iter().enumerate() {
-                let layers = (0..cfg.encoder_layers)
-                    .map(|j| EncoderLayer::load(w, &format!("model.encoder.aifi.{i}.layers.{j}"), cfg))
-                    .collect::<Result<Vec<_>>>()?;
-                aifi.push((level, layers));
-            }
-        }
+        let eps = cfg.batch_norm_eps;
+        let input_proj = input_projections(w, backbone_channels, d)?;
+        let aifi = Aifi::load_all(
+            w,
+            &EncoderLayerSpec::rtdetr(cfg)?,
+            cfg.encoder_layers,
+            &cfg.encode_proj_layers,
+            cfg.positional_encoding_temperature,
+            cfg.aifi_uses_pos_embed(),
+        )?;
+        let csp = CspSpec {
+            c_in: 2 * d,
+            c_out: d,
+            hidden: (d as f64 * cfg.hidden_expansion) as usize,
+            num_blocks: 3,
+            act,
+            bn_eps: eps,
+        };
         let n = backbone_channels.len() - 1;
         let mut lateral = Vec::new();
         let mut fpn = Vec::new();
         let mut downsample = Vec::new();
         let mut pan = Vec::new();
         for i in 0..n {
-            lateral.push(conv_norm(w, &format!("model.encoder.lateral_convs.{i}"), d, d, 1, 1, 0, cfg, act)?);
-            fpn.push(CspRepLayer::load(w, &format!("model.encoder.fpn_blocks.{i}"), cfg)?);
-            downsample.push(conv_norm(w, &format!("model.encoder.downsample_convs.{i}"), d, d, 3, 2, 1, cfg, act)?);
-            pan.push(CspRepLayer::load(w, &format!("model.encoder.pan_blocks.{i}"), cfg)?);
+            lateral.push(conv_norm(w, &format!("model.encoder.lateral_convs.{i}"), d, d, 1, 1, 0, eps, act)?);
+            fpn.push(CspRepLayer::load(w, &format!("model.encoder.fpn_blocks.{i}"), &csp)?);
+            downsample.push(conv_norm(w, &format!("model.encoder.downsample_convs.{i}"), d, d, 3, 2, 1, eps, act)?);
+            pan.push(CspRepLayer::load(w, &format!("model.encoder.pan_blocks.{i}"), &csp)?);
         }
-        Ok(Self {
-            input_proj,
-            aifi,
-            lateral,
-            fpn,
-            downsample,
-            pan,
-            dim: d,
-            temperature: cfg.positional_encoding_temperature,
-            use_pos: cfg.aifi_uses_pos_embed(),
-        })
+        Ok(Self { input_proj, aifi, lateral, fpn, downsample, pan })
     }
 
     pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
         let mut maps = features.iter().zip(&self.input_proj).map(|(f, p)| p.forward(f)).collect::<Result<Vec<_>>>()?;
-        for (level, layers) in &self.aifi {
-            let x = &maps[*level];
-            let (b, c, h, w) = x.dims4()?;
-            let mut seq = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-            let pos = if self.use_pos {
-                Some(sincos_position_embedding(h, w, self.dim, self.temperature, x.device())?)
-            } else {
-                None
-            };
-            for l in layers {
-                seq = l.forward(&seq, pos.as_ref())?;
-            }
-            maps[*level] = seq.transpose(1, 2)?.reshape((b, c, h, w))?.contiguous()?;
+        for aifi in &self.aifi {
+            aifi.apply(&mut maps)?;
         }
         let n = self.lateral.len();
         let mut fpn_maps = vec![maps[n].clone()];

@@ -1,4 +1,4 @@
-//! Building blocks shared by the model stages: convolution with folded BatchNorm,
+//! Building blocks shared by the model stages: convolution (dense or depthwise) with folded BatchNorm,
 //! linear layers, layer norm and the MLP prediction head, each built for the kernels its
 //! weights were loaded for.
 
@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::io::config::Activation;
 use crate::io::weights::Weights;
 use crate::kernels::conv::Conv2d;
+use crate::kernels::depthwise::DepthwiseConv2d;
 use crate::kernels::dispatch::{self, with_f32, AddAt};
 use crate::kernels::ops;
 use crate::kernels::tensor_ops::{activate, add};
@@ -37,18 +38,8 @@ impl ConvBn {
         bn_eps: f64,
         act: Activation,
     ) -> Result<Self> {
-        let weight = w.get(&format!("{conv_key}.weight"), &[c_out, c_in, kernel, kernel])?;
-        let gamma = w.get(&format!("{bn_key}.weight"), &[c_out])?;
-        let beta = w.get(&format!("{bn_key}.bias"), &[c_out])?;
-        let mean = w.get(&format!("{bn_key}.running_mean"), &[c_out])?;
-        let var = w.get(&format!("{bn_key}.running_var"), &[c_out])?;
-        // Same arithmetic as RTDetrFrozenBatchNorm2d:
-        // scale = gamma / sqrt(var + eps); y = conv(x) * scale + (beta - mean * scale).
-        let scale = gamma.broadcast_div(&(var + bn_eps)?.sqrt()?)?;
-        let bias = (beta - mean.mul(&scale)?)?;
-        let weight = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-        let conv = Conv2d::new(weight.flatten_all()?.to_vec1()?, bias.to_vec1()?, c_in, c_out, kernel, stride, padding)
-            .with_kernels(w.kernels());
+        let (weight, bias) = fold_bn(w, conv_key, bn_key, &[c_out, c_in, kernel, kernel], bn_eps)?;
+        let conv = Conv2d::new(weight, bias, c_in, c_out, kernel, stride, padding).with_kernels(w.kernels());
         Ok(Self { conv, act })
     }
 
@@ -89,6 +80,53 @@ impl ConvBn {
         }
         let convs: Vec<&Conv2d> = parts.iter().map(|p| &p.conv).collect();
         Ok(Self { conv: Conv2d::concat(&convs)?, act })
+    }
+}
+
+/// Loads `{conv_key}.weight` (of `shape`, output channels first, no bias) and folds the
+/// inference-mode BatchNorm at `bn_key` into it: the flattened weight and the bias.
+fn fold_bn(w: &Weights, conv_key: &str, bn_key: &str, shape: &[usize], bn_eps: f64) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c_out = shape[0];
+    let weight = w.get(&format!("{conv_key}.weight"), shape)?;
+    let gamma = w.get(&format!("{bn_key}.weight"), &[c_out])?;
+    let beta = w.get(&format!("{bn_key}.bias"), &[c_out])?;
+    let mean = w.get(&format!("{bn_key}.running_mean"), &[c_out])?;
+    let var = w.get(&format!("{bn_key}.running_var"), &[c_out])?;
+    // Same arithmetic as RTDetrFrozenBatchNorm2d:
+    // scale = gamma / sqrt(var + eps); y = conv(x) * scale + (beta - mean * scale).
+    let scale = gamma.broadcast_div(&(var + bn_eps)?.sqrt()?)?;
+    let bias = (beta - mean.mul(&scale)?)?;
+    let weight = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+    Ok((weight.flatten_all()?.to_vec1()?, bias.to_vec1()?))
+}
+
+/// A depthwise convolution (`groups` = channels, one k×k filter per channel) followed by
+/// inference-mode BatchNorm, folded at load time, then an optional fused activation.
+pub struct DwConvBn {
+    conv: DepthwiseConv2d,
+    act: Activation,
+}
+
+impl DwConvBn {
+    /// `conv_key` holds the (channels, 1, k, k) weight (no bias), `bn_key` the BatchNorm.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        w: &Weights,
+        conv_key: &str,
+        bn_key: &str,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bn_eps: f64,
+        act: Activation,
+    ) -> Result<Self> {
+        let (weight, bias) = fold_bn(w, conv_key, bn_key, &[channels, 1, kernel, kernel], bn_eps)?;
+        Ok(Self { conv: DepthwiseConv2d::new(weight, bias, channels, kernel, stride, padding), act })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(x, self.act)
     }
 }
 

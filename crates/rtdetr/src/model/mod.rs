@@ -3,13 +3,19 @@
 //! [`Model`] is the seam between architectures: one variant per `model_type` of
 //! config.json ([`ModelConfig`]), each built from stages that the variants share where the
 //! reference shares them (backbone, hybrid encoder, query selection, attention and
-//! feed-forward blocks, deformable attention with per-level point counts).
+//! feed-forward blocks, deformable attention with per-level point counts). D-FINE adds
+//! its own backbone (`hgnet_v2`), encoder blocks (`dfine_encoder`) and decoder
+//! (`dfine_decoder`), assembled in `dfine`.
 
 pub(crate) mod attention;
 pub(crate) mod backbone;
 pub(crate) mod decoder;
 pub(crate) mod deformable_attention;
+pub(crate) mod dfine;
+pub(crate) mod dfine_decoder;
+pub(crate) mod dfine_encoder;
 pub(crate) mod encoder;
+pub(crate) mod hgnet_v2;
 pub(crate) mod layers;
 pub(crate) mod query_selection;
 pub(crate) mod rtdetr;
@@ -68,6 +74,9 @@ pub enum Model {
     /// RT-DETRv2 (`model_type: "rt_detr_v2"`): RT-DETR's graph with RT-DETRv2's
     /// cross-attention.
     RtDetrV2(rtdetr::RtDetr),
+    /// D-FINE (`model_type: "d_fine"`): HGNetV2 backbone, RepNCSPELAN4 encoder, decoder
+    /// with fine-grained distribution refinement.
+    DFine(Box<dfine::DFine>),
 }
 
 impl Model {
@@ -81,6 +90,7 @@ impl Model {
                 };
                 Ok(Model::RtDetrV2(rtdetr::RtDetr::load(&c.base, Some(&v2), weights)?))
             }
+            ModelConfig::DFine(c) => Ok(Model::DFine(Box::new(dfine::DFine::load(c, weights)?))),
         }
     }
 
@@ -88,6 +98,7 @@ impl Model {
     pub fn num_decoder_layers(&self) -> usize {
         match self {
             Model::RtDetr(m) | Model::RtDetrV2(m) => m.num_decoder_layers(),
+            Model::DFine(m) => m.num_decoder_layers(),
         }
     }
 
@@ -95,6 +106,7 @@ impl Model {
     pub fn max_stride(&self) -> usize {
         match self {
             Model::RtDetr(m) | Model::RtDetrV2(m) => m.max_stride(),
+            Model::DFine(m) => m.max_stride(),
         }
     }
 
@@ -110,6 +122,7 @@ impl Model {
     ) -> Result<ModelOutput> {
         match self {
             Model::RtDetr(m) | Model::RtDetrV2(m) => m.forward(pixels, decoder_layers, trace, times),
+            Model::DFine(m) => m.forward(pixels, decoder_layers, trace, times),
         }
     }
 }

@@ -1,0 +1,148 @@
+//! D-FINE (`DFineForObjectDetection` at inference): HGNetV2 backbone → D-FINE hybrid
+//! encoder → RT-DETR's query selection → D-FINE decoder (fine-grained distribution
+//! refinement), predicting at its `eval_idx` layer.
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::io::config::{Activation, DFineConfig};
+use crate::io::weights::Weights;
+use crate::kernels::tensor_ops::flatten_levels;
+use crate::model::dfine_decoder::DFineDecoder;
+use crate::model::dfine_encoder::DFineEncoder;
+use crate::model::hgnet_v2::HgNetV2;
+use crate::model::layers::ConvBn;
+use crate::model::query_selection::{gather_rows, QuerySelection};
+use crate::model::{ModelOutput, StageTimes, Trace};
+
+pub struct DFine {
+    backbone: HgNetV2,
+    encoder: DFineEncoder,
+    /// One per level; `None` is the identity (`d_model` equals the encoder's width).
+    decoder_input_proj: Vec<Option<ConvBn>>,
+    query_selection: QuerySelection,
+    decoder: DFineDecoder,
+    max_stride: usize,
+}
+
+impl DFine {
+    pub fn load(cfg: &DFineConfig, w: &Weights) -> Result<Self> {
+        let backbone = HgNetV2::load(w, &cfg.backbone(), "model.backbone.model")?;
+        let encoder = DFineEncoder::load(w, cfg, backbone.out_channels())?;
+        let d = cfg.d_model;
+        // transformers: identity when d_model == decoder_in_channels[-1], else a 1×1
+        // convolution + BatchNorm from decoder_in_channels[-1] on every level.
+        let c_in = *cfg.decoder_in_channels.last().ok_or_else(|| Error::Config("no decoder_in_channels".into()))?;
+        if c_in != cfg.encoder_hidden_dim {
+            return Err(Error::Config(format!(
+                "decoder_in_channels[-1] = {c_in} must equal encoder_hidden_dim {} (the encoder's output width)",
+                cfg.encoder_hidden_dim
+            )));
+        }
+        let decoder_input_proj = (0..cfg.num_feature_levels)
+            .map(|i| {
+                if d == c_in {
+                    return Ok(None);
+                }
+                ConvBn::load(
+                    w,
+                    &format!("model.decoder_input_proj.{i}.0"),
+                    &format!("model.decoder_input_proj.{i}.1"),
+                    c_in,
+                    d,
+                    1,
+                    1,
+                    0,
+                    cfg.batch_norm_eps,
+                    Activation::Identity,
+                )
+                .map(Some)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let max_stride = backbone.total_stride().max(cfg.feat_strides.iter().copied().max().unwrap_or(1));
+        Ok(Self {
+            backbone,
+            encoder,
+            decoder_input_proj,
+            query_selection: QuerySelection::load(w, d, cfg.num_labels(), cfg.num_queries, cfg.layer_norm_eps)?,
+            decoder: DFineDecoder::load(w, cfg)?,
+            max_stride,
+        })
+    }
+
+    /// Decoder layers that predict (up to `eval_idx`).
+    pub fn num_decoder_layers(&self) -> usize {
+        self.decoder.num_layers()
+    }
+
+    pub fn max_stride(&self) -> usize {
+        self.max_stride
+    }
+
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        decoder_layers: Option<usize>,
+        trace: bool,
+        times: &mut StageTimes,
+    ) -> Result<ModelOutput> {
+        let (_, c, h, w) = pixels.dims4()?;
+        let stride = self.max_stride();
+        if c != 3 || h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "input must be (B, 3, H, W) with H and W multiples of {stride}, got {:?}",
+                pixels.dims()
+            )));
+        }
+        let max = self.decoder.num_layers();
+        let depth = match decoder_layers {
+            None => max,
+            Some(n) if n >= 1 && n <= max => n,
+            Some(n) => return Err(Error::InvalidArgument(format!("decoder layers must be in 1..={max}, got {n}"))),
+        };
+        let mut tr = trace.then(Trace::default);
+        let t0 = std::time::Instant::now();
+        let feats = self.backbone.forward(pixels)?;
+        let t1 = std::time::Instant::now();
+        let enc = self.encoder.forward(&feats)?;
+        let t2 = std::time::Instant::now();
+        if let Some(tr) = tr.as_mut() {
+            tr.backbone = feats;
+            tr.encoder = enc.clone();
+        }
+        if enc.len() != self.decoder_input_proj.len() {
+            return Err(Error::Internal(format!(
+                "the encoder returned {} maps for {} decoder levels",
+                enc.len(),
+                self.decoder_input_proj.len()
+            )));
+        }
+        let sources = enc
+            .iter()
+            .zip(&self.decoder_input_proj)
+            .map(|(e, p)| match p {
+                Some(p) => p.forward(e),
+                None => Ok(e.clone()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let shapes: Vec<(usize, usize)> =
+            sources.iter().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0))).collect();
+        let memory = flatten_levels(&sources)?;
+
+        let sel = self.query_selection.forward(&memory, &shapes)?;
+        if let Some(tr) = tr.as_mut() {
+            tr.enc_topk_logits = Some(gather_rows(&sel.enc_class, &sel.topk)?);
+            tr.enc_topk_boxes = Some(candle_nn::ops::sigmoid(&sel.reference_unact)?);
+            tr.topk_indices = sel.topk.clone();
+        }
+        let t3 = std::time::Instant::now();
+        let layers = self.decoder.forward(&sel.target, &sel.reference_unact, &memory, &shapes, depth)?;
+        let t4 = std::time::Instant::now();
+        times.backbone += (t1 - t0).as_secs_f64();
+        times.encoder += (t2 - t1).as_secs_f64();
+        times.query_selection += (t3 - t2).as_secs_f64();
+        times.decoder += (t4 - t3).as_secs_f64();
+        let last = layers.last().ok_or_else(|| Error::Internal("no decoder layer ran".into()))?;
+        Ok(ModelOutput { logits: last.logits.clone(), boxes: last.boxes.clone(), layers, trace: tr })
+    }
+}
