@@ -7,13 +7,12 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::io::config::{Activation, DFineConfig};
 use crate::io::weights::Weights;
-use crate::kernels::tensor_ops::flatten_levels;
 use crate::model::dfine_decoder::DFineDecoder;
 use crate::model::dfine_encoder::DFineEncoder;
 use crate::model::hgnet_v2::HgNetV2;
 use crate::model::layers::ConvBn;
-use crate::model::query_selection::{gather_rows, QuerySelection};
-use crate::model::{ModelOutput, StageTimes, Trace};
+use crate::model::query_selection::QuerySelection;
+use crate::model::{select_and_decode, ModelOutput, StageTimes, Trace};
 
 pub struct DFine {
     backbone: HgNetV2,
@@ -125,24 +124,13 @@ impl DFine {
                 None => Ok(e.clone()),
             })
             .collect::<Result<Vec<_>>>()?;
-        let shapes: Vec<(usize, usize)> =
-            sources.iter().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0))).collect();
-        let memory = flatten_levels(&sources)?;
-
-        let sel = self.query_selection.forward(&memory, &shapes)?;
-        if let Some(tr) = tr.as_mut() {
-            tr.enc_topk_logits = Some(gather_rows(&sel.enc_class, &sel.topk)?);
-            tr.enc_topk_boxes = Some(candle_nn::ops::sigmoid(&sel.reference_unact)?);
-            tr.topk_indices = sel.topk.clone();
-        }
-        let t3 = std::time::Instant::now();
-        let layers = self.decoder.forward(&sel.target, &sel.reference_unact, &memory, &shapes, depth)?;
-        let t4 = std::time::Instant::now();
-        times.backbone += (t1 - t0).as_secs_f64();
-        times.encoder += (t2 - t1).as_secs_f64();
-        times.query_selection += (t3 - t2).as_secs_f64();
-        times.decoder += (t4 - t3).as_secs_f64();
-        let last = layers.last().ok_or_else(|| Error::Internal("no decoder layer ran".into()))?;
-        Ok(ModelOutput { logits: last.logits.clone(), boxes: last.boxes.clone(), layers, trace: tr })
+        select_and_decode(
+            &sources,
+            &self.query_selection,
+            tr,
+            times,
+            [t0, t1, t2],
+            |target, reference, memory, shapes| self.decoder.forward(target, reference, memory, shapes, depth),
+        )
     }
 }

@@ -126,3 +126,34 @@ impl Model {
         }
     }
 }
+
+/// The stages after the encoder that every architecture shares: flatten the decoder's input
+/// maps, select the queries (into the trace), run the architecture's decoder
+/// (`decode(target, reference_unact, memory, shapes)`), and add the four stages' times,
+/// given the instants at which the backbone, the encoder and the projections began.
+pub(crate) fn select_and_decode(
+    sources: &[Tensor],
+    query_selection: &query_selection::QuerySelection,
+    mut tr: Option<Trace>,
+    times: &mut StageTimes,
+    [t0, t1, t2]: [std::time::Instant; 3],
+    decode: impl FnOnce(&Tensor, &Tensor, &Tensor, &[(usize, usize)]) -> Result<Vec<LayerOutput>>,
+) -> Result<ModelOutput> {
+    let shapes: Vec<(usize, usize)> = sources.iter().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0))).collect();
+    let memory = crate::kernels::tensor_ops::flatten_levels(sources)?;
+    let sel = query_selection.forward(&memory, &shapes)?;
+    if let Some(tr) = tr.as_mut() {
+        tr.enc_topk_logits = Some(query_selection::gather_rows(&sel.enc_class, &sel.topk)?);
+        tr.enc_topk_boxes = Some(candle_nn::ops::sigmoid(&sel.reference_unact)?);
+        tr.topk_indices = sel.topk.clone();
+    }
+    let t3 = std::time::Instant::now();
+    let layers = decode(&sel.target, &sel.reference_unact, &memory, &shapes)?;
+    let t4 = std::time::Instant::now();
+    times.backbone += (t1 - t0).as_secs_f64();
+    times.encoder += (t2 - t1).as_secs_f64();
+    times.query_selection += (t3 - t2).as_secs_f64();
+    times.decoder += (t4 - t3).as_secs_f64();
+    let last = layers.last().ok_or_else(|| crate::error::Error::Internal("no decoder layer ran".into()))?;
+    Ok(ModelOutput { logits: last.logits.clone(), boxes: last.boxes.clone(), layers, trace: tr })
+}
