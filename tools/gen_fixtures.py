@@ -233,6 +233,26 @@ FIXTURES.update({
         ),
         size=(64, 96), seed=32, legacy=False,
     ),
+    # D-FINE with discrete (nearest cell) sampling, uneven per-level points and another
+    # offset scale; the nano's two levels without learnable affine blocks, 4.x key names.
+    "tiny-dfine-discrete": dict(
+        arch="dfine",
+        backbone=dict(
+            stem_channels=[3, 8, 8], stage_in_channels=[8, 16, 24, 32], stage_mid_channels=[8, 8, 12, 16],
+            stage_out_channels=[16, 24, 32, 48], hidden_sizes=[16, 24, 32, 48], stage_num_blocks=[1, 1, 1, 1],
+            stage_downsample=[False, True, True, True], stage_light_block=[False, False, True, True],
+            stage_kernel_size=[3, 3, 5, 5], stage_numb_of_layers=[2, 2, 2, 2], use_learnable_affine_block=False,
+            out_indices=[3, 4],
+        ),
+        model=dict(
+            num_feature_levels=2, encoder_in_channels=[32, 48], feat_strides=[16, 32], encode_proj_layers=[1],
+            encoder_hidden_dim=16, encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16,
+            decoder_in_channels=[16, 16], decoder_ffn_dim=32, decoder_attention_heads=2, decoder_n_points=[5, 2],
+            decoder_method="discrete", decoder_offset_scale=0.75, depth_mult=0.5, hidden_expansion=0.5,
+            decoder_layers=2, num_queries=25, num_labels=3,
+        ),
+        size=(96, 96), seed=33, legacy=True,
+    ),
 })
 
 FULL = {

@@ -43,7 +43,8 @@ fn assert_clean_error(out: &Output, mentions: &str) {
 fn json_output_equals_reference_detections() {
     // RT-DETR, both RT-DETRv2 sampling methods and D-FINE (two and three levels), through
     // the same command.
-    for name in ["tiny-bottleneck", "tiny-v2", "tiny-v2-discrete", "tiny-dfine-n", "tiny-dfine"] {
+    for name in ["tiny-bottleneck", "tiny-v2", "tiny-v2-discrete", "tiny-dfine-n", "tiny-dfine", "tiny-dfine-discrete"]
+    {
         json_output_equals_reference(name);
     }
 }
@@ -84,6 +85,71 @@ fn json_output_equals_reference(name: &str) {
             keys.sort();
             assert_eq!(keys, ["box", "class_id", "label", "score"]);
         }
+    }
+}
+
+/// `rtdetr eval` on each architecture, with the reference's own detections (transformers,
+/// score >= 0.3) on the fixture images as the ground truth: the model finds every one of
+/// them first (boxes clipped to the image, as rtdetr gives them), at IoU near 1 (AP 1 at every IoU threshold); a wrong box, score order,
+/// class mapping or image size would lower it.
+#[test]
+fn eval_scores_the_reference_detections_as_perfect() {
+    for name in ["tiny-bottleneck", "tiny-v2", "tiny-dfine-n", "tiny-dfine", "tiny-dfine-discrete"] {
+        let dir = fixtures().join(name);
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("detections.json")).unwrap()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let labels = config["id2label"].as_object().unwrap();
+        let categories: Vec<_> = labels
+            .iter()
+            .map(|(id, label)| serde_json::json!({"id": id.parse::<u64>().unwrap() + 1, "name": label}))
+            .collect();
+        let (mut images, mut annotations) = (Vec::new(), Vec::new());
+        for (i, (file, at)) in reference.as_object().unwrap().iter().enumerate() {
+            let r = &at["0.3"];
+            images
+                .push(serde_json::json!({"id": i + 1, "file_name": file, "width": r["width"], "height": r["height"]}));
+            let (iw, ih) = (r["width"].as_f64().unwrap(), r["height"].as_f64().unwrap());
+            for d in r["detections"].as_array().unwrap() {
+                // rtdetr clips boxes to the image; transformers does not.
+                let b = &d["box"];
+                let coord = |k: &str, lim: f64| b[k].as_f64().unwrap().clamp(0.0, lim);
+                let (x0, y0) = (coord("xmin", iw), coord("ymin", ih));
+                let (w, h) = (coord("xmax", iw) - x0, coord("ymax", ih) - y0);
+                if w <= 0.0 || h <= 0.0 {
+                    continue;
+                }
+                annotations.push(serde_json::json!({
+                    "id": annotations.len() + 1, "image_id": i + 1, "category_id": d["class_id"].as_u64().unwrap() + 1,
+                    "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0,
+                }));
+            }
+        }
+        assert!(annotations.len() >= 8, "{name}: too few reference detections to score");
+        let tmp = tmp_dir(&format!("eval-{name}"));
+        let gt = tmp.join("instances.json");
+        let body = serde_json::json!({"images": images, "annotations": annotations, "categories": categories});
+        std::fs::write(&gt, body.to_string()).unwrap();
+        let out = run(&[
+            "eval",
+            "--model",
+            dir.to_str().unwrap(),
+            "--images",
+            fixtures().join("images").to_str().unwrap(),
+            "--annotations",
+            gt.to_str().unwrap(),
+            "--batch-size",
+            "2",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for key in ["AP", "AP50", "AP75"] {
+            let v = got[key].as_f64().unwrap();
+            assert!(v >= 0.999, "{name}: {key} {v} with its own reference detections as ground truth: {got}");
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
 

@@ -1,7 +1,6 @@
-//! Several models in one server (issue 17): an RT-DETR and an RT-DETRv2 checkpoint of
-//! different classes and input sizes, plus the first one again at another size and again in
-//! bf16 (per-model precision), chosen by
-//! the request's `model`; each answer equals the engine's for that model, batches are per
+//! Several models in one server (issue 17): an RT-DETR, an RT-DETRv2 and a D-FINE checkpoint
+//! of different classes and input sizes, plus the first one again at another size and again
+//! in bf16 (per-model precision), chosen by the request's `model`; each answer equals the engine's for that model, batches are per
 //! model, unknown models are 404, `/v1/models`, `/health` and `/metrics` name them all.
 
 mod common;
@@ -21,11 +20,12 @@ use tokio_tungstenite::tungstenite::Message;
 type Size = Option<(usize, usize)>;
 
 /// (served name, fixture, input size override, precision)
-const MODELS: [(&str, &str, Size, Precision); 4] = [
+const MODELS: [(&str, &str, Size, Precision); 5] = [
     ("v1", "tiny-bottleneck", None, Precision::F32),
     ("v2", "tiny-v2", None, Precision::F32),
     ("v1-small", "tiny-bottleneck", Some((64, 64)), Precision::F32),
     ("v1-bf16", "tiny-bottleneck", None, Precision::Bf16),
+    ("dfine", "tiny-dfine-n", None, Precision::F32),
 ];
 
 fn load_options(size: Size, precision: Precision) -> LoadOptions {
@@ -70,10 +70,10 @@ async fn each_request_runs_on_the_model_it_names() {
     assert_eq!(s, 200);
     let v: Value = serde_json::from_str(&v).unwrap();
     let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["v1", "v2", "v1-small", "v1-bf16"]);
+    assert_eq!(ids, ["v1", "v2", "v1-small", "v1-bf16", "dfine"]);
     let (s, _, h) = t.get("/health").await;
     let h: Value = serde_json::from_str(&h).unwrap();
-    assert_eq!((s, h["model"].as_str(), h["models"].as_array().map(Vec::len)), (200, Some("v1"), Some(4)));
+    assert_eq!((s, h["model"].as_str(), h["models"].as_array().map(Vec::len)), (200, Some("v1"), Some(5)));
     let (s, _, _) = t.get("/v1/models/v1-small").await;
     assert_eq!(s, 200);
 
@@ -96,7 +96,8 @@ async fn each_request_runs_on_the_model_it_names() {
     let a = reference_of("v1", "photo.png", &opts());
     let b = reference_of("v2", "photo.png", &opts());
     let c = reference_of("v1-small", "photo.png", &opts());
-    assert!(a != b && a != c, "fixtures too alike to tell models apart");
+    let e = reference_of("dfine", "photo.png", &opts());
+    assert!(a != b && a != c && a != e && b != e, "fixtures too alike to tell models apart");
     // Per-model precision: the bf16 model answers as the engine does in bf16, which differs
     // from f32 where the CPU has bf16 dot products (elsewhere bf16 runs f32, bit for bit).
     let d = reference_of("v1-bf16", "photo.png", &opts());
@@ -162,9 +163,11 @@ async fn batches_are_per_model_and_metrics_name_the_model() {
     cfg.test_batch_delay = Some(Duration::from_millis(200));
     let t = Arc::new(start_models(cfg).await);
     let mut jobs = Vec::new();
-    for i in 0..8 {
+    // Three concurrent requests for each of three architectures.
+    const BATCHED: [(usize, &str); 3] = [(0, "v1"), (1, "v2"), (4, "dfine")];
+    for i in 0..9 {
         let t = t.clone();
-        let model = if i % 2 == 0 { "v1" } else { "v2" };
+        let model = BATCHED[i % 3].1;
         jobs.push(tokio::spawn(async move {
             let body = json!({"image": data_url("photo.png"), "model": model, "threshold": 0.0, "max_detections": 20});
             let (s, _, v) = t.post_json("/v1/detections", &body).await;
@@ -181,14 +184,15 @@ async fn batches_are_per_model_and_metrics_name_the_model() {
         );
     }
     let state = t.server.state();
-    for (i, name) in ["v1", "v2"].iter().enumerate() {
+    for (i, name) in BATCHED {
+        assert_eq!(MODELS[i].0, name);
         let stats = state.models[i].queue.stats();
-        assert_eq!(stats.images.load(Ordering::Relaxed), 4, "{name}: images on its own queue");
+        assert_eq!(stats.images.load(Ordering::Relaxed), 3, "{name}: images on its own queue");
         assert!(stats.max_batch_seen.load(Ordering::Relaxed) >= 2, "{name}: concurrent requests were not batched");
     }
     assert_eq!(state.models[2].queue.stats().images.load(Ordering::Relaxed), 0);
     let (_, _, metrics) = t.get("/metrics").await;
-    for name in ["v1", "v2"] {
+    for (_, name) in BATCHED {
         assert!(
             metrics
                 .lines()

@@ -96,8 +96,8 @@ fn bf16_drift_on_the_demo_checkpoint() {
 }
 
 /// Drift on the full-size healthy-random checkpoints, RT-DETR and RT-DETRv2
-/// (`tools/gen_fixtures.py --full r18vd r50vd v2-r18vd v2-r50vd`), for the README; not in
-/// CI (the weights are 80-170 MB).
+/// (`tools/gen_fixtures.py --full r18vd r50vd v2-r18vd v2-r50vd`; RTDETR_FULL_MODELS picks
+/// others, e.g. dfine-n,dfine-s), for the README; not in CI (the weights are 15-170 MB).
 #[test]
 #[ignore]
 fn bf16_drift_full_size() {
@@ -107,7 +107,8 @@ fn bf16_drift_full_size() {
         .map(|n| load_image(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images").join(n)).unwrap())
         .collect();
     let opts = DetectOptions { threshold: 0.3, ..Default::default() };
-    for name in ["r18vd", "r50vd", "v2-r18vd", "v2-r50vd"] {
+    let names = std::env::var("RTDETR_FULL_MODELS").unwrap_or_else(|_| "r18vd,r50vd,v2-r18vd,v2-r50vd".into());
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let (a, b) = drift(&Path::new(&root).join(name), &images, &opts);
         let agree: usize = a
             .detections
@@ -133,19 +134,19 @@ fn iou(a: &Detection, b: &Detection) -> f32 {
     inter / (area(a) + area(b) - inter)
 }
 
-/// RT-DETRv2 (both sampling methods) in bf16: it runs, the arithmetic changes, outputs stay
+/// RT-DETRv2 and D-FINE (both sampling methods each) in bf16: it runs, the arithmetic changes, outputs stay
 /// finite and within the range f32 gives. Agreement of detections is not asserted on these
 /// random tiny fixtures: their top-k query selection is full of near ties, so bf16 rounding
 /// reorders it as much for v1 (measured on a Zen 4: tiny-bottleneck 33/80, tiny-basic-legacy
 /// 40/50 f32 detections at 0.3 found by bf16) as for v2 (tiny-v2 8/60, tiny-v2-discrete
-/// 45/50); the full-size drift test below and the demo checkpoint above measure it.
+/// 45/50); the full-size drift test above and the demo checkpoint measure it.
 #[test]
-fn bf16_runs_rtdetr_v2() {
+fn bf16_runs_rtdetr_v2_and_dfine() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let images: Vec<_> =
         ["photo.png", "gray.png"].iter().map(|n| load_image(&fixtures.join("images").join(n)).unwrap()).collect();
     let opts = DetectOptions { threshold: 0.3, ..Default::default() };
-    for name in ["tiny-v2", "tiny-v2-discrete"] {
+    for name in ["tiny-v2", "tiny-v2-discrete", "tiny-dfine-n", "tiny-dfine", "tiny-dfine-discrete"] {
         let (a, b) = drift(&fixtures.join(name), &images, &opts);
         let (dl, db) = (max_abs_diff(&a.logits, &b.logits), max_abs_diff(&a.boxes, &b.boxes));
         eprintln!("{name}: max |Δ logit| {dl:.4}, max |Δ box| {db:.5}");

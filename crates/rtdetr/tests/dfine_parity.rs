@@ -1,7 +1,8 @@
 //! D-FINE's own stages in isolation: parity with transformers' `DFineForObjectDetection` on
 //! the fixtures written by `tools/gen_fixtures.py` (`tiny-dfine-n`: the nano shape, two
 //! levels, learnable affine blocks, Hub key names; `tiny-dfine`: three levels, no affine
-//! blocks, 16 bins, transformers 5 key names). The whole network (query selection, every
+//! blocks, 16 bins, transformers 5 key names; `tiny-dfine-discrete`: discrete sampling,
+//! points [5, 2]). The whole network (query selection, every
 //! decoder layer, detections from image files) is checked with the other architectures in
 //! `parity.rs`.
 
@@ -13,7 +14,7 @@ use rtdetr::dfine_internals::{DFineEncoder, HgNetV2, Weights};
 use rtdetr::io::config::{DFineConfig, ModelConfig};
 
 const TOL: f32 = 1e-4;
-const FIXTURES: [&str; 2] = ["tiny-dfine-n", "tiny-dfine"];
+const FIXTURES: [&str; 3] = ["tiny-dfine-n", "tiny-dfine", "tiny-dfine-discrete"];
 
 fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -57,6 +58,8 @@ fn configs_parse_with_their_shapes() {
     assert_eq!(l.backbone().out_stage_indices().unwrap(), vec![2, 3, 4]);
     assert!(!l.backbone().use_learnable_affine_block);
     assert_eq!((l.csp_blocks(), l.elan_branch_dim(), l.max_num_bins), (2, 4, 16));
+    let d = config(&fixture_dir("tiny-dfine-discrete"));
+    assert_eq!((d.decoder_method.as_str(), d.points_per_level()), ("discrete", vec![5, 2]));
 }
 
 /// The HGNetV2 backbone's feature maps equal transformers' (`DFineConvEncoder`, frozen

@@ -10,9 +10,17 @@ use rtdetr::{load_image, DetectOptions, Detector, LoadOptions, StageTimes};
 
 const TOL: f32 = 1e-4;
 // RT-DETR (two block types, both key layouts), RT-DETRv2 (bilinear and discrete sampling)
-// and D-FINE (the nano shape with Hub key names, a three-level shape with transformers 5's).
-const FIXTURES: [&str; 6] =
-    ["tiny-bottleneck", "tiny-basic-legacy", "tiny-v2", "tiny-v2-discrete", "tiny-dfine-n", "tiny-dfine"];
+// and D-FINE (the nano shape with Hub key names, a three-level shape with transformers 5's,
+// discrete sampling).
+const FIXTURES: [&str; 7] = [
+    "tiny-bottleneck",
+    "tiny-basic-legacy",
+    "tiny-v2",
+    "tiny-v2-discrete",
+    "tiny-dfine-n",
+    "tiny-dfine",
+    "tiny-dfine-discrete",
+];
 const IMAGES: [&str; 4] = ["photo_exif.jpg", "photo.png", "gray.png", "rgba.png"];
 
 fn fixture_dir(name: &str) -> PathBuf {
@@ -36,10 +44,30 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
     assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
 }
 
-/// Compares every stage on the fixture's random input. `exact_topk`: the selected indices
-/// must be identical (full-size random models have exactly tied, interchangeable
-/// positions; there the selected logits and boxes are compared instead).
-fn check_stages(dir: &Path, exact_topk: bool) {
+/// Elementwise |got − want| <= tol · max(1, |want|): fp32's rounding grows with the values,
+/// and full-size random checkpoints reach logits near 50 (1e-4 absolute there is ~2 ulp).
+fn assert_close_scaled(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape mismatch");
+    let g: Vec<f32> = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f32> = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+    assert!(worst <= tol, "{what}: max |diff| / max(1, |ref|) {worst:e} > {tol:e}");
+}
+
+/// Compares every stage on the fixture's random input. `full_size`: a full-size random
+/// checkpoint, whose exactly tied, interchangeable positions may be selected in another
+/// order (the selected logits and boxes are compared instead of the indices), and whose
+/// large values are compared with a tolerance scaled by their magnitude (else 1e-4
+/// absolute).
+fn check_stages(dir: &Path, full_size: bool) {
+    let exact_topk = !full_size;
+    let assert_close = |what: &str, got: &Tensor, want: &Tensor, tol: f32| {
+        if full_size {
+            assert_close_scaled(what, got, want, tol)
+        } else {
+            assert_close(what, got, want, tol)
+        }
+    };
     let name = dir.display().to_string();
     let det = Detector::from_dir(dir, &LoadOptions::default()).unwrap();
     let r: HashMap<String, Tensor> =
@@ -88,7 +116,7 @@ fn check_stages(dir: &Path, exact_topk: bool) {
             .map(|(k, w)| {
                 let j = (0..got_rows.len())
                     .filter(|&j| !used[j])
-                    .find(|&j| got_rows[j].iter().zip(w).all(|(a, b)| (a - b).abs() <= TOL))
+                    .find(|&j| got_rows[j].iter().zip(w).all(|(a, b)| (a - b).abs() <= TOL * b.abs().max(1.0)))
                     .unwrap_or_else(|| {
                         panic!("{name}: reference query {k} (position {}) not selected", want_idx[0][k])
                     });
@@ -132,7 +160,7 @@ fn check_stages(dir: &Path, exact_topk: bool) {
 #[test]
 fn stages_match_reference() {
     for name in FIXTURES {
-        check_stages(&fixture_dir(name), true);
+        check_stages(&fixture_dir(name), false);
     }
 }
 
@@ -149,8 +177,8 @@ fn full_size_stages_match_reference() {
         let dir = Path::new(&root).join(name);
         assert!(dir.join("reference.safetensors").is_file(), "{} is missing: generate it first", dir.display());
         let t = std::time::Instant::now();
-        check_stages(&dir, false);
-        eprintln!("{name}: all stages within {TOL:e} ({:.1} s)", t.elapsed().as_secs_f64());
+        check_stages(&dir, true);
+        eprintln!("{name}: all stages within {TOL:e} · max(1, |ref|) ({:.1} s)", t.elapsed().as_secs_f64());
     }
 }
 
