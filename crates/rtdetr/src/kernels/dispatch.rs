@@ -426,6 +426,17 @@ simd_dispatch! {
     pub fn act_inplace(x: &mut [f32], act: Activation) => act_inplace_impl
 }
 
+#[inline(always)]
+fn act_affine_inplace_impl(x: &mut [f32], act: Activation, scale: f32, shift: f32) {
+    with_act!(act, f => x.iter_mut().for_each(|v| *v = scale * f(*v) + shift))
+}
+
+simd_dispatch! {
+    /// `x[i] = scale · act(x[i]) + shift` (an activation then HGNetV2's learnable affine
+    /// block).
+    pub fn act_affine_inplace(x: &mut [f32], act: Activation, scale: f32, shift: f32) => act_affine_inplace_impl
+}
+
 /// For tests whose kernel part needs an instruction set: `false` where `feature_ok` (run
 /// it); else `true` after printing `SKIPPED <test>: needs <needs>, this CPU has <isa>` to
 /// the process's stderr, past the test harness's capture, so that a skip is visible in

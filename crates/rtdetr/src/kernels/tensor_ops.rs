@@ -204,8 +204,16 @@ simd_dispatch! {
 
 /// `scale · x + shift` element-wise (HGNetV2's learnable affine block).
 pub fn scale_shift(x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
-    let mut v = with_f32(x, |s| s.to_vec())?;
-    v.iter_mut().for_each(|e| *e = scale * *e + shift);
+    const CHUNK: usize = 1 << 14;
+    let v = with_f32(x, |src| {
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(dst, src)| {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = scale * s + shift;
+            }
+        });
+        out
+    })?;
     Ok(Tensor::from_vec(v, x.dims(), x.device())?)
 }
 

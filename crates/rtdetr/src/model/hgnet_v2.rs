@@ -100,13 +100,11 @@ impl ConvLayer {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.conv {
-            Conv::Dense(c) => c.forward(x)?,
-            Conv::Depthwise(c) => c.forward(x)?,
-        };
-        match self.lab {
-            Some((scale, bias)) => scale_shift(&y, scale, bias),
-            None => Ok(y),
+        match (&self.conv, self.lab) {
+            (Conv::Dense(c), None) => c.forward(x),
+            (Conv::Dense(c), Some((scale, bias))) => scale_shift(&c.forward(x)?, scale, bias),
+            (Conv::Depthwise(c), None) => c.forward(x),
+            (Conv::Depthwise(c), Some((scale, bias))) => c.forward_affine(x, scale, bias),
         }
     }
 

@@ -126,7 +126,12 @@ impl DwConvBn {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(x, self.act)
+        self.conv.forward(x, self.act, None)
+    }
+
+    /// `scale · forward(x) + shift` in the same pass (HGNetV2's learnable affine block).
+    pub fn forward_affine(&self, x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
+        self.conv.forward(x, self.act, Some((scale, shift)))
     }
 }
 
