@@ -365,32 +365,82 @@ impl RtDetrConfig {
         if bb.depths.len() != bb.hidden_sizes.len() || bb.depths.is_empty() {
             return Err("backbone depths and hidden_sizes must have the same non-zero length".into());
         }
-        let outs = bb.out_stage_indices().map_err(|e| e.to_string())?;
-        if outs.len() != self.encoder_in_channels.len() {
+        if self.num_feature_levels < self.decoder_in_channels.len() {
+            return Err("num_feature_levels must be >= len(decoder_in_channels)".into());
+        }
+        SharedShape {
+            backbone_outputs: bb.out_stage_indices().map_err(|e| e.to_string())?.len(),
+            encoder_in_channels: &self.encoder_in_channels,
+            feat_strides: &self.feat_strides,
+            encode_proj_layers: &self.encode_proj_layers,
+            encoder_hidden_dim: self.encoder_hidden_dim,
+            encoder_attention_heads: self.encoder_attention_heads,
+            d_model: self.d_model,
+            decoder_attention_heads: self.decoder_attention_heads,
+            decoder_layers: self.decoder_layers,
+            decoder_in_channels: &self.decoder_in_channels,
+            num_queries: self.num_queries,
+            learn_initial_query: self.learn_initial_query,
+            num_labels: self.num_labels(),
+            activations: &[
+                &self.activation_function,
+                &self.encoder_activation_function,
+                &self.decoder_activation_function,
+                &bb.hidden_act,
+            ],
+        }
+        .validate()
+    }
+}
+
+/// What RT-DETR's and D-FINE's configs have in common (the hybrid encoder's levels and
+/// attention, the decoder's attention and depth, queries, labels, activations), validated
+/// by one function.
+pub(crate) struct SharedShape<'a> {
+    /// Feature maps the backbone gives the encoder.
+    pub backbone_outputs: usize,
+    pub encoder_in_channels: &'a [usize],
+    pub feat_strides: &'a [usize],
+    pub encode_proj_layers: &'a [usize],
+    pub encoder_hidden_dim: usize,
+    pub encoder_attention_heads: usize,
+    pub d_model: usize,
+    pub decoder_attention_heads: usize,
+    pub decoder_layers: usize,
+    pub decoder_in_channels: &'a [usize],
+    pub num_queries: usize,
+    pub learn_initial_query: bool,
+    pub num_labels: usize,
+    /// Every activation function name the checkpoint uses.
+    pub activations: &'a [&'a str],
+}
+
+impl SharedShape<'_> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        let levels = self.encoder_in_channels.len();
+        if self.backbone_outputs != levels {
             return Err(format!(
-                "backbone has {} output stages but encoder_in_channels has {} entries",
-                outs.len(),
-                self.encoder_in_channels.len()
+                "backbone has {} output stages but encoder_in_channels has {levels} entries",
+                self.backbone_outputs
             ));
         }
-        if self.feat_strides.len() != self.encoder_in_channels.len() {
-            return Err("feat_strides and encoder_in_channels must have the same length".into());
-        }
-        if self.encoder_in_channels.len() < 2 {
+        if levels < 2 {
             return Err("the hybrid encoder needs at least two feature levels".into());
         }
-        for &l in &self.encode_proj_layers {
-            if l >= self.encoder_in_channels.len() {
-                return Err(format!("encode_proj_layers entry {l} out of range"));
-            }
+        if self.feat_strides.len() != levels {
+            return Err("feat_strides and encoder_in_channels must have the same length".into());
         }
-        if !self.encoder_hidden_dim.is_multiple_of(self.encoder_attention_heads.max(1))
-            || self.encoder_attention_heads == 0
-        {
+        if self.feat_strides.contains(&0) {
+            return Err("feat_strides must be positive".into());
+        }
+        if let Some(&l) = self.encode_proj_layers.iter().find(|&&l| l >= levels) {
+            return Err(format!("encode_proj_layers entry {l} out of range"));
+        }
+        if self.encoder_attention_heads == 0 || !self.encoder_hidden_dim.is_multiple_of(self.encoder_attention_heads) {
             return Err("encoder_hidden_dim must be divisible by encoder_attention_heads".into());
         }
-        if !self.encoder_hidden_dim.is_multiple_of(4) {
-            return Err("encoder_hidden_dim must be divisible by 4 (2D sin-cos embedding)".into());
+        if self.encoder_hidden_dim == 0 || !self.encoder_hidden_dim.is_multiple_of(4) {
+            return Err("encoder_hidden_dim must be a positive multiple of 4 (2D sin-cos embedding)".into());
         }
         if self.decoder_attention_heads == 0 || !self.d_model.is_multiple_of(self.decoder_attention_heads) {
             return Err("d_model must be divisible by decoder_attention_heads".into());
@@ -398,10 +448,7 @@ impl RtDetrConfig {
         if self.decoder_layers == 0 {
             return Err("decoder_layers must be at least 1".into());
         }
-        if self.num_feature_levels < self.decoder_in_channels.len() {
-            return Err("num_feature_levels must be >= len(decoder_in_channels)".into());
-        }
-        if self.decoder_in_channels.len() != self.encoder_in_channels.len() {
+        if self.decoder_in_channels.len() != levels {
             return Err("decoder_in_channels must have one entry per encoder level".into());
         }
         if self.num_queries == 0 {
@@ -410,18 +457,13 @@ impl RtDetrConfig {
         if self.learn_initial_query {
             return Err("learn_initial_query=true is not supported".into());
         }
-        if self.num_labels() == 0 {
+        if self.num_labels == 0 {
             return Err("the checkpoint has no labels".into());
         }
-        if self.num_labels() > MAX_LABELS {
-            return Err(format!("num_labels {} is above the largest supported {MAX_LABELS}", self.num_labels()));
+        if self.num_labels > MAX_LABELS {
+            return Err(format!("num_labels {} is above the largest supported {MAX_LABELS}", self.num_labels));
         }
-        for name in [
-            &self.activation_function,
-            &self.encoder_activation_function,
-            &self.decoder_activation_function,
-            &bb.hidden_act,
-        ] {
+        for name in self.activations {
             Activation::parse(name).map_err(|e| e.to_string())?;
         }
         Ok(())

@@ -12,7 +12,7 @@ use crate::model::dfine_encoder::DFineEncoder;
 use crate::model::hgnet_v2::HgNetV2;
 use crate::model::layers::ConvBn;
 use crate::model::query_selection::QuerySelection;
-use crate::model::{select_and_decode, ModelOutput, StageTimes, Trace};
+use crate::model::{backbone_and_encoder, checked_depth, select_and_decode, ModelOutput, StageTimes};
 
 pub struct DFine {
     backbone: HgNetV2,
@@ -85,30 +85,9 @@ impl DFine {
         trace: bool,
         times: &mut StageTimes,
     ) -> Result<ModelOutput> {
-        let (_, c, h, w) = pixels.dims4()?;
-        let stride = self.max_stride();
-        if c != 3 || h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "input must be (B, 3, H, W) with H and W multiples of {stride}, got {:?}",
-                pixels.dims()
-            )));
-        }
-        let max = self.decoder.num_layers();
-        let depth = match decoder_layers {
-            None => max,
-            Some(n) if n >= 1 && n <= max => n,
-            Some(n) => return Err(Error::InvalidArgument(format!("decoder layers must be in 1..={max}, got {n}"))),
-        };
-        let mut tr = trace.then(Trace::default);
-        let t0 = std::time::Instant::now();
-        let feats = self.backbone.forward(pixels)?;
-        let t1 = std::time::Instant::now();
-        let enc = self.encoder.forward(&feats)?;
-        let t2 = std::time::Instant::now();
-        if let Some(tr) = tr.as_mut() {
-            tr.backbone = feats;
-            tr.encoder = enc.clone();
-        }
+        let depth = checked_depth(pixels, self.max_stride(), decoder_layers, self.decoder.num_layers())?;
+        let (enc, tr, instants) =
+            backbone_and_encoder(pixels, trace, |x| self.backbone.forward(x), |f| self.encoder.forward(f))?;
         if enc.len() != self.decoder_input_proj.len() {
             return Err(Error::Internal(format!(
                 "the encoder returned {} maps for {} decoder levels",
@@ -124,13 +103,8 @@ impl DFine {
                 None => Ok(e.clone()),
             })
             .collect::<Result<Vec<_>>>()?;
-        select_and_decode(
-            &sources,
-            &self.query_selection,
-            tr,
-            times,
-            [t0, t1, t2],
-            |target, reference, memory, shapes| self.decoder.forward(target, reference, memory, shapes, depth),
-        )
+        select_and_decode(&sources, &self.query_selection, tr, times, instants, |target, reference, memory, shapes| {
+            self.decoder.forward(target, reference, memory, shapes, depth)
+        })
     }
 }

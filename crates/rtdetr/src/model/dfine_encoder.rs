@@ -9,13 +9,15 @@ use crate::error::Result;
 use crate::io::config::{Activation, DFineConfig};
 use crate::io::weights::Weights;
 use crate::kernels::tensor_ops::concat_channels;
-use crate::model::encoder::{conv_norm, input_projections, Aifi, CspRepLayer, CspSpec, EncoderLayerSpec};
+use crate::model::encoder::{
+    conv_norm, input_projections, Aifi, CspRepLayer, CspSpec, EncoderLayerSpec, FusionBlock, HybridEncoder,
+};
 use crate::model::layers::{ConvBn, DwConvBn};
 
 /// `DFineRepNCSPELAN4`: conv1 (1×1) splits into two halves; the second goes through
 /// CSP layer 1 and a 3×3 convolution (branch 1), branch 1 through CSP layer 2 and another
 /// 3×3 (branch 2); conv4 (1×1) reads both halves and both branches.
-struct RepNcspElan4 {
+pub struct RepNcspElan4 {
     conv1: ConvBn,
     csp1: CspRepLayer,
     conv2: ConvBn,
@@ -59,7 +61,7 @@ impl RepNcspElan4 {
 
 /// `DFineSCDown`: a 1×1 convolution, then a depthwise 3×3 stride-2 one, both BatchNorm
 /// and no activation.
-struct ScDown {
+pub struct ScDown {
     conv1: ConvBn,
     conv2: DwConvBn,
 }
@@ -88,15 +90,20 @@ impl ScDown {
     }
 }
 
-/// Input projections + D-FINE's hybrid encoder. Output: one (B, D, H, W) map per level.
-pub struct DFineEncoder {
-    input_proj: Vec<ConvBn>,
-    aifi: Vec<Aifi>,
-    /// 1×1 convolutions without activation (RT-DETR's have one).
-    lateral: Vec<ConvBn>,
-    fpn: Vec<RepNcspElan4>,
-    downsample: Vec<ScDown>,
-    pan: Vec<RepNcspElan4>,
+/// Input projections + D-FINE's hybrid encoder: RT-DETR's graph with RepNCSPELAN4 fusion
+/// blocks, SCDown down-sampling, and lateral 1×1 convolutions without activation.
+pub type DFineEncoder = HybridEncoder<RepNcspElan4, ScDown>;
+
+impl FusionBlock for RepNcspElan4 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        RepNcspElan4::forward(self, x)
+    }
+}
+
+impl FusionBlock for ScDown {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ScDown::forward(self, x)
+    }
 }
 
 impl DFineEncoder {
@@ -133,32 +140,5 @@ impl DFineEncoder {
             pan.push(RepNcspElan4::load(w, &format!("model.encoder.pan_blocks.{i}"), cfg)?);
         }
         Ok(Self { input_proj: input_projections(w, backbone_channels, d)?, aifi, lateral, fpn, downsample, pan })
-    }
-
-    /// The backbone's maps → one fused map per level, finest first.
-    pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
-        let mut maps = features.iter().zip(&self.input_proj).map(|(f, p)| p.forward(f)).collect::<Result<Vec<_>>>()?;
-        for aifi in &self.aifi {
-            aifi.apply(&mut maps)?;
-        }
-        // Top-down: the lateral convolution replaces the coarser map, whose 2× nearest
-        // upsampling is fused with the next finer level.
-        let n = self.lateral.len();
-        let mut fpn_maps = vec![maps[n].clone()];
-        for idx in 0..n {
-            let finer = &maps[n - idx - 1];
-            let last = fpn_maps.len() - 1;
-            let top = self.lateral[idx].forward(&fpn_maps[last])?;
-            fpn_maps[last] = top.clone();
-            fpn_maps.push(self.fpn[idx].forward(&concat_channels(&[(&top, true), (finer, false)])?)?);
-        }
-        fpn_maps.reverse();
-        // Bottom-up: each fused map is down-sampled and fused with the next coarser one.
-        let mut pan_maps = vec![fpn_maps[0].clone()];
-        for idx in 0..n {
-            let down = self.downsample[idx].forward(&pan_maps[pan_maps.len() - 1])?;
-            pan_maps.push(self.pan[idx].forward(&concat_channels(&[(&down, false), (&fpn_maps[idx + 1], false)])?)?);
-        }
-        Ok(pan_maps)
     }
 }

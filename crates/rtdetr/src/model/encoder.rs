@@ -172,7 +172,7 @@ pub fn sincos_position_embedding(
 /// `RTDetrCSPRepLayer` (and D-FINE's `DFineCSPRepLayer`). Its `RTDetrRepVggBlock`s,
 /// act(conv3x3(x) + conv1x1(x)), are re-parameterised at load into one 3x3 convolution
 /// each (RepVGG), and conv1/conv2, which read the same input, run as one convolution.
-pub(crate) struct CspRepLayer {
+pub struct CspRepLayer {
     /// conv1 and conv2 stacked: the first `hidden` output channels are conv1's.
     conv12: ConvBn,
     hidden: usize,
@@ -246,14 +246,36 @@ impl CspRepLayer {
     }
 }
 
-/// Input projections + hybrid encoder. Output: one (B, D, H, W) map per level.
-pub struct HybridEncoder {
-    input_proj: Vec<ConvBn>,
-    aifi: Vec<Aifi>,
-    lateral: Vec<ConvBn>,
-    fpn: Vec<CspRepLayer>,
-    downsample: Vec<ConvBn>,
-    pan: Vec<CspRepLayer>,
+/// A block of the encoder's cross-scale fusion: one NCHW map to another.
+pub trait FusionBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+impl FusionBlock for ConvBn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ConvBn::forward(self, x)
+    }
+}
+
+impl FusionBlock for CspRepLayer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        CspRepLayer::forward(self, x)
+    }
+}
+
+/// Input projections + hybrid encoder (AIFI, then top-down and bottom-up fusion across
+/// levels). Output: one (B, D, H, W) map per level. Generic over the fusion block `F` and
+/// the down-sampling `D`: RT-DETR's CSP-Rep layers and strided 3×3 convolutions (the
+/// defaults), or D-FINE's RepNCSPELAN4 blocks and SCDown ([`DFineEncoder`]).
+///
+/// [`DFineEncoder`]: crate::model::dfine_encoder::DFineEncoder
+pub struct HybridEncoder<F = CspRepLayer, D = ConvBn> {
+    pub(crate) input_proj: Vec<ConvBn>,
+    pub(crate) aifi: Vec<Aifi>,
+    pub(crate) lateral: Vec<ConvBn>,
+    pub(crate) fpn: Vec<F>,
+    pub(crate) downsample: Vec<D>,
+    pub(crate) pan: Vec<F>,
 }
 
 /// The encoder's input projections (`model.encoder_input_proj.{i}`): a 1x1 convolution
@@ -314,22 +336,28 @@ impl HybridEncoder {
         }
         Ok(Self { input_proj, aifi, lateral, fpn, downsample, pan })
     }
+}
 
+impl<F: FusionBlock, D: FusionBlock> HybridEncoder<F, D> {
+    /// The backbone's maps → one fused map per level, finest first.
     pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
         let mut maps = features.iter().zip(&self.input_proj).map(|(f, p)| p.forward(f)).collect::<Result<Vec<_>>>()?;
         for aifi in &self.aifi {
             aifi.apply(&mut maps)?;
         }
+        // Top-down: the lateral convolution replaces the coarser map, whose 2× nearest
+        // upsampling is fused with the next finer level.
         let n = self.lateral.len();
         let mut fpn_maps = vec![maps[n].clone()];
         for idx in 0..n {
-            let lower = &maps[n - idx - 1];
+            let finer = &maps[n - idx - 1];
             let last = fpn_maps.len() - 1;
             let top = self.lateral[idx].forward(&fpn_maps[last])?;
             fpn_maps[last] = top.clone();
-            fpn_maps.push(self.fpn[idx].forward(&concat_channels(&[(&top, true), (lower, false)])?)?);
+            fpn_maps.push(self.fpn[idx].forward(&concat_channels(&[(&top, true), (finer, false)])?)?);
         }
         fpn_maps.reverse();
+        // Bottom-up: each fused map is down-sampled and fused with the next coarser one.
         let mut pan_maps = vec![fpn_maps[0].clone()];
         for idx in 0..n {
             let down = self.downsample[idx].forward(&pan_maps[pan_maps.len() - 1])?;

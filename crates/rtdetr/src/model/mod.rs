@@ -22,7 +22,7 @@ pub(crate) mod rtdetr;
 
 use candle_core::Tensor;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::config::ModelConfig;
 use crate::io::weights::Weights;
 
@@ -125,6 +125,50 @@ impl Model {
             Model::DFine(m) => m.forward(pixels, decoder_layers, trace, times),
         }
     }
+}
+
+/// Checks the input (B, 3, H, W) against the model's largest stride and the requested
+/// decoder depth against the `max` layers that can run; returns the depth to run.
+pub(crate) fn checked_depth(
+    pixels: &Tensor,
+    stride: usize,
+    decoder_layers: Option<usize>,
+    max: usize,
+) -> Result<usize> {
+    let (_, c, h, w) = pixels.dims4()?;
+    if c != 3 || h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "input must be (B, 3, H, W) with H and W multiples of {stride}, got {:?}",
+            pixels.dims()
+        )));
+    }
+    match decoder_layers {
+        None => Ok(max),
+        Some(n) if n >= 1 && n <= max => Ok(n),
+        Some(n) => Err(Error::InvalidArgument(format!("decoder layers must be in 1..={max}, got {n}"))),
+    }
+}
+
+/// Backbone then encoder, timed, their maps kept in a new trace when `trace` is asked for.
+/// Returns the encoder's maps, the trace, and the instants at which the backbone, the
+/// encoder and what follows began (for [`select_and_decode`]).
+pub(crate) fn backbone_and_encoder(
+    pixels: &Tensor,
+    trace: bool,
+    backbone: impl FnOnce(&Tensor) -> Result<Vec<Tensor>>,
+    encoder: impl FnOnce(&[Tensor]) -> Result<Vec<Tensor>>,
+) -> Result<(Vec<Tensor>, Option<Trace>, [std::time::Instant; 3])> {
+    let mut tr = trace.then(Trace::default);
+    let t0 = std::time::Instant::now();
+    let feats = backbone(pixels)?;
+    let t1 = std::time::Instant::now();
+    let enc = encoder(&feats)?;
+    let t2 = std::time::Instant::now();
+    if let Some(tr) = tr.as_mut() {
+        tr.backbone = feats;
+        tr.encoder = enc.clone();
+    }
+    Ok((enc, tr, [t0, t1, t2]))
 }
 
 /// The stages after the encoder that every architecture shares: flatten the decoder's input

@@ -13,7 +13,7 @@ pub use crate::model::deformable_attention::V2Sampling;
 use crate::model::encoder::HybridEncoder;
 use crate::model::layers::ConvBn;
 use crate::model::query_selection::QuerySelection;
-use crate::model::{select_and_decode, ModelOutput, StageTimes, Trace};
+use crate::model::{backbone_and_encoder, checked_depth, select_and_decode, ModelOutput, StageTimes};
 
 pub struct RtDetr {
     cfg: RtDetrConfig,
@@ -35,7 +35,7 @@ impl RtDetr {
                 backbone.out_channels()
             )));
         }
-        let encoder = HybridEncoder::load(w, cfg, backbone.out_channels())?;
+        let encoder = <HybridEncoder>::load(w, cfg, backbone.out_channels())?;
         let d = cfg.d_model;
         let mut decoder_input_proj = Vec::new();
         let mut c_in = cfg.encoder_hidden_dim;
@@ -94,34 +94,9 @@ impl RtDetr {
         trace: bool,
         times: &mut StageTimes,
     ) -> Result<ModelOutput> {
-        let (_, c, h, w) = pixels.dims4()?;
-        let stride = self.max_stride();
-        if c != 3 || h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "input must be (B, 3, H, W) with H and W multiples of {stride}, got {:?}",
-                pixels.dims()
-            )));
-        }
-        let depth = match decoder_layers {
-            None => self.decoder.num_layers(),
-            Some(n) if n >= 1 && n <= self.decoder.num_layers() => n,
-            Some(n) => {
-                return Err(Error::InvalidArgument(format!(
-                    "decoder layers must be in 1..={}, got {n}",
-                    self.decoder.num_layers()
-                )))
-            }
-        };
-        let mut tr = trace.then(Trace::default);
-        let t0 = std::time::Instant::now();
-        let feats = self.backbone.forward(pixels)?;
-        let t1 = std::time::Instant::now();
-        let enc = self.encoder.forward(&feats)?;
-        let t2 = std::time::Instant::now();
-        if let Some(tr) = tr.as_mut() {
-            tr.backbone = feats;
-            tr.encoder = enc.clone();
-        }
+        let depth = checked_depth(pixels, self.max_stride(), decoder_layers, self.decoder.num_layers())?;
+        let (enc, tr, instants) =
+            backbone_and_encoder(pixels, trace, |x| self.backbone.forward(x), |f| self.encoder.forward(f))?;
 
         // Decoder inputs: project each level and flatten to (B, S, D).
         let mut sources = Vec::new();
@@ -132,13 +107,8 @@ impl RtDetr {
             };
             sources.push(p.forward(src)?);
         }
-        select_and_decode(
-            &sources,
-            &self.query_selection,
-            tr,
-            times,
-            [t0, t1, t2],
-            |target, reference, memory, shapes| self.decoder.forward(target, reference, memory, shapes, depth),
-        )
+        select_and_decode(&sources, &self.query_selection, tr, times, instants, |target, reference, memory, shapes| {
+            self.decoder.forward(target, reference, memory, shapes, depth)
+        })
     }
 }

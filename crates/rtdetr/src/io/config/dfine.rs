@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{labels_from, num_labels_from, Activation, MAX_LABELS};
+use super::{labels_from, num_labels_from, Activation, SharedShape};
 
 /// A stride in `HGNetV2Config` (`int | list[int]`): one value, or `[height, width]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -411,31 +411,27 @@ impl DFineConfig {
         let bb = self.backbone();
         bb.validate()?;
         let levels = self.encoder_in_channels.len();
-        let outs = bb.out_stage_indices()?;
-        if outs.len() != levels {
-            return Err(format!(
-                "backbone has {} output stages but encoder_in_channels has {levels} entries",
-                outs.len()
-            ));
+        SharedShape {
+            backbone_outputs: bb.out_stage_indices()?.len(),
+            encoder_in_channels: &self.encoder_in_channels,
+            feat_strides: &self.feat_strides,
+            encode_proj_layers: &self.encode_proj_layers,
+            encoder_hidden_dim: self.encoder_hidden_dim,
+            encoder_attention_heads: self.encoder_attention_heads,
+            d_model: self.d_model,
+            decoder_attention_heads: self.decoder_attention_heads,
+            decoder_layers: self.decoder_layers,
+            decoder_in_channels: &self.decoder_in_channels,
+            num_queries: self.num_queries,
+            learn_initial_query: self.learn_initial_query,
+            num_labels: self.num_labels(),
+            activations: &[
+                &self.activation_function,
+                &self.encoder_activation_function,
+                &self.decoder_activation_function,
+            ],
         }
-        if levels < 2 {
-            return Err("the hybrid encoder needs at least two feature levels".into());
-        }
-        if self.feat_strides.len() != levels {
-            return Err("feat_strides and encoder_in_channels must have the same length".into());
-        }
-        if self.feat_strides.contains(&0) {
-            return Err("feat_strides must be positive".into());
-        }
-        if let Some(&l) = self.encode_proj_layers.iter().find(|&&l| l >= levels) {
-            return Err(format!("encode_proj_layers entry {l} out of range"));
-        }
-        if self.encoder_attention_heads == 0 || !self.encoder_hidden_dim.is_multiple_of(self.encoder_attention_heads) {
-            return Err("encoder_hidden_dim must be divisible by encoder_attention_heads".into());
-        }
-        if self.encoder_hidden_dim == 0 || !self.encoder_hidden_dim.is_multiple_of(4) {
-            return Err("encoder_hidden_dim must be a positive multiple of 4 (2D sin-cos embedding)".into());
-        }
+        .validate()?;
         for (name, v) in [
             ("hidden_expansion", self.hidden_expansion),
             ("depth_mult", self.depth_mult),
@@ -448,18 +444,9 @@ impl DFineConfig {
         if self.csp_blocks() > 64 || self.elan_branch_dim() == 0 || self.elan_branch_dim() > 1 << 16 {
             return Err("depth_mult or hidden_expansion out of range".into());
         }
-        if self.decoder_attention_heads == 0 || !self.d_model.is_multiple_of(self.decoder_attention_heads) {
-            return Err("d_model must be divisible by decoder_attention_heads".into());
-        }
-        if self.decoder_layers == 0 {
-            return Err("decoder_layers must be at least 1".into());
-        }
         let n = self.decoder_layers as i64;
         if self.eval_idx >= n || self.eval_idx < -n {
             return Err(format!("eval_idx {} out of range for {n} decoder layers", self.eval_idx));
-        }
-        if self.decoder_in_channels.len() != levels {
-            return Err("decoder_in_channels must have one entry per encoder level".into());
         }
         if self.num_feature_levels != levels {
             // transformers would add levels by strided convolutions of the last map; no
@@ -497,21 +484,6 @@ impl DFineConfig {
         }
         if self.lqe_layers == 0 {
             return Err("lqe_layers must be at least 1".into());
-        }
-        if self.num_queries == 0 {
-            return Err("num_queries must be at least 1".into());
-        }
-        if self.learn_initial_query {
-            return Err("learn_initial_query=true is not supported".into());
-        }
-        if self.num_labels() == 0 {
-            return Err("the checkpoint has no labels".into());
-        }
-        if self.num_labels() > MAX_LABELS {
-            return Err(format!("num_labels {} is above the largest supported {MAX_LABELS}", self.num_labels()));
-        }
-        for name in [&self.activation_function, &self.encoder_activation_function, &self.decoder_activation_function] {
-            Activation::parse(name).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
