@@ -143,17 +143,57 @@ pub fn sample_memory(
         let b = bqh / (queries * heads);
         let mb = &memory[b * seq * d_model..(b + 1) * seq * d_model];
         let (loc, w) = (&locations[2 * bqh * per_head..][..2 * per_head], &weights[bqh * per_head..][..per_head]);
-        *total = sample_one(acc, mb, Levels { shapes: levels, starts: &starts, points, method }, loc, w);
+        *total = sample_one(acc, mb, d_model, Levels { shapes: levels, starts: &starts, points, method }, loc, w);
     });
     (sampled, in_bounds)
 }
 
+/// Multi-scale deformable attention without a value projection (D-FINE's decoder): each
+/// (query, head) samples only its own `head_dim` columns of the memory. Arguments as for
+/// [`sample_memory`]; returns (B, Q, heads · head_dim), the attention's output.
+pub fn sample_head_slices(
+    memory: &[f32],
+    levels: &[(usize, usize)],
+    points: &[usize],
+    locations: &[f32],
+    weights: &[f32],
+    d: MsdaDims,
+) -> Vec<f32> {
+    let MsdaDims { batch, queries, heads, head_dim, method } = d;
+    let d_model = heads * head_dim;
+    let (starts, seq) = level_starts(levels);
+    assert_eq!(points.len(), levels.len(), "one point count per level");
+    let per_head: usize = points.iter().sum();
+    assert_eq!(memory.len(), batch * seq * d_model, "memory shape");
+    assert_eq!(weights.len(), batch * queries * heads * per_head, "weights shape");
+    assert_eq!(locations.len(), weights.len() * 2, "locations shape");
+    let mut out = vec![0f32; batch * queries * d_model];
+    if head_dim == 0 {
+        return out;
+    }
+    out.par_chunks_mut(head_dim).enumerate().for_each(|(bqh, acc)| {
+        let (b, head) = (bqh / (queries * heads), bqh % heads);
+        // Head `head`'s columns of image b's memory: row p starts at p · d_model.
+        let mb = &memory[b * seq * d_model + head * head_dim..(b + 1) * seq * d_model];
+        let (loc, w) = (&locations[2 * bqh * per_head..][..2 * per_head], &weights[bqh * per_head..][..per_head]);
+        sample_one(acc, mb, d_model, Levels { shapes: levels, starts: &starts, points, method }, loc, w);
+    });
+    out
+}
+
 #[inline(always)]
-fn sample_one_impl(acc: &mut [f32], memory: &[f32], levels: Levels, locations: &[f32], weights: &[f32]) -> f32 {
+fn sample_one_impl(
+    acc: &mut [f32],
+    memory: &[f32],
+    row_stride: usize,
+    levels: Levels,
+    locations: &[f32],
+    weights: &[f32],
+) -> f32 {
     let width = acc.len();
     let mut sum = 0f32;
     for_each_corner(levels, locations, weights, |pos, s| {
-        for (o, v) in acc.iter_mut().zip(&memory[pos * width..(pos + 1) * width]) {
+        for (o, v) in acc.iter_mut().zip(&memory[pos * row_stride..pos * row_stride + width]) {
             *o += s * v;
         }
         sum += s;
@@ -162,10 +202,17 @@ fn sample_one_impl(acc: &mut [f32], memory: &[f32], levels: Levels, locations: &
 }
 
 crate::kernels::dispatch::simd_dispatch! {
-    /// Accumulates the weighted memory rows of one (query, head) into `acc` (d_model
-    /// wide); returns the sum of their weights.
-    fn sample_one(acc: &mut [f32], memory: &[f32], levels: Levels, locations: &[f32], weights: &[f32]) -> f32
-        => sample_one_impl
+    /// Accumulates the weighted memory rows of one (query, head) into `acc`: `acc.len()`
+    /// values from the start of each row, rows `row_stride` apart; returns the sum of
+    /// their weights.
+    fn sample_one(
+        acc: &mut [f32],
+        memory: &[f32],
+        row_stride: usize,
+        levels: Levels,
+        locations: &[f32],
+        weights: &[f32],
+    ) -> f32 => sample_one_impl
 }
 
 #[cfg(test)]
@@ -259,6 +306,34 @@ mod tests {
         let want = naive(&value, levels, points, &loc, &w, d);
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
             assert!((g - e).abs() <= 1e-4 * e.abs().max(1.0), "index {i}: {g} vs {e}");
+        }
+    }
+
+    /// Without a value projection (D-FINE): each head's slice of the memory itself.
+    fn check_slices(levels: &[(usize, usize)], points: &[usize], d: MsdaDims, seed: u64, loc_range: (f32, f32)) {
+        let mut rng = Rng(seed);
+        let seq: usize = levels.iter().map(|(h, w)| h * w).sum();
+        let memory = rng.vec(d.batch * seq * d.heads * d.head_dim);
+        let n = d.batch * d.queries * d.heads * points.iter().sum::<usize>();
+        let loc: Vec<f32> = (0..2 * n).map(|_| loc_range.0 + rng.unit() * (loc_range.1 - loc_range.0)).collect();
+        let w: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        let got = sample_head_slices(&memory, levels, points, &loc, &w, d);
+        let want = naive(&memory, levels, points, &loc, &w, d);
+        assert_eq!(got.len(), want.len());
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{d:?} index {i}: {g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn head_slices_match_naive() {
+        for method in [SamplingMethod::Bilinear, SamplingMethod::Discrete] {
+            let d = MsdaDims { batch: 2, queries: 7, heads: 3, head_dim: 5, method };
+            check_slices(&[(8, 6), (4, 3), (2, 2)], &[3, 6, 1], d, 11, (-0.3, 1.3));
+            let d = MsdaDims { batch: 1, queries: 4, heads: 8, head_dim: 16, method };
+            check_slices(&[(5, 7), (3, 4)], &[6, 6], d, 12, (0.0, 1.0));
+            let d = MsdaDims { batch: 1, queries: 1, heads: 1, head_dim: 1, method };
+            check_slices(&[(1, 1)], &[2], d, 13, (-0.5, 1.5));
         }
     }
 

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::io::config::{Activation, DFineConfig, RtDetrConfig};
 use crate::io::weights::Weights;
-use crate::kernels::deform_sample::{sample_memory, MsdaDims, SamplingMethod};
+use crate::kernels::deform_sample::{sample_head_slices, sample_memory, MsdaDims, SamplingMethod};
 use crate::kernels::dispatch::with_f32;
 use crate::kernels::ops::softmax_rows;
 use crate::model::layers::Linear;
@@ -159,20 +159,14 @@ impl DeformableAttention {
         // Sample the memory, then project the samples per head: the same sums as projecting
         // every memory position first (see `sample_memory`).
         let started = crate::kernels::flops::start();
-        let (sampled, in_bounds) =
-            with_f32(memory, |m| sample_memory(m, shapes, &self.points, &locations, &weights, dims))?;
-        let out = match &self.value_proj {
-            Some(v) => v.run_per_head(&sampled, b * q, h, &in_bounds),
-            // No projection: head h's output is its own slice of its samples.
-            None => sampled
-                .chunks_exact(d)
-                .enumerate()
-                .flat_map(|(bqh, row)| {
-                    let head = bqh % h;
-                    row[head * (d / h)..(head + 1) * (d / h)].iter().copied()
-                })
-                .collect(),
-        };
+        let out = with_f32(memory, |m| match &self.value_proj {
+            Some(v) => {
+                let (sampled, in_bounds) = sample_memory(m, shapes, &self.points, &locations, &weights, dims);
+                v.run_per_head(&sampled, b * q, h, &in_bounds)
+            }
+            // No projection: each head samples only its own slice of the memory.
+            None => sample_head_slices(m, shapes, &self.points, &locations, &weights, dims),
+        })?;
         // The model's nominal cost: the value projection of all S positions (where there is
         // one), then the four bilinear corners per sample.
         let projection = if self.value_proj.is_some() { 2 * (b * s * d * d) as u64 } else { 0 };
