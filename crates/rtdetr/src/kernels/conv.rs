@@ -172,6 +172,19 @@ impl Conv2d {
     /// `act(conv(x) + bias + residual)` (or `act(conv(x) + bias) + residual`, see
     /// [`AddAt`]) on a (B, c_in, H, W) tensor; `residual` has the output's shape.
     pub fn forward(&self, x: &Tensor, residual: Option<(&Tensor, AddAt)>, act: Activation) -> Result<Tensor> {
+        self.forward_affine(x, residual, act, None)
+    }
+
+    /// [`Conv2d::forward`], then `scale · y + shift` on the activation's output when
+    /// `affine` is `Some((scale, shift))` (HGNetV2's learnable affine block), with an
+    /// [`AddAt::AfterAct`] residual added after it, in one parallel pass over the output.
+    pub fn forward_affine(
+        &self,
+        x: &Tensor,
+        residual: Option<(&Tensor, AddAt)>,
+        act: Activation,
+        affine: Option<(f32, f32)>,
+    ) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.c_in {
             return Err(Error::InvalidArgument(format!("conv expects {} input channels, got {c}", self.c_in)));
@@ -187,9 +200,24 @@ impl Conv2d {
             }
         }
         let started = crate::kernels::flops::start();
-        let out = dispatch::with_f32(x, |xs| match residual {
-            Some((r, at)) => dispatch::with_f32(r, |rs| self.run(xs, b, h, w, Some((rs, at)), act)),
-            None => Ok(self.run(xs, b, h, w, None, act)),
+        let out = dispatch::with_f32(x, |xs| match (residual, affine) {
+            (Some((r, at)), None) => dispatch::with_f32(r, |rs| self.run(xs, b, h, w, Some((rs, at)), act)),
+            (None, None) => Ok(self.run(xs, b, h, w, None, act)),
+            (residual, Some((scale, shift))) => {
+                let mut out = self.run(xs, b, h, w, None, act);
+                match residual {
+                    None => dispatch::affine_add_par(&mut out, scale, shift, None),
+                    Some((r, AddAt::AfterAct)) => {
+                        dispatch::with_f32(r, |rs| dispatch::affine_add_par(&mut out, scale, shift, Some(rs)))?
+                    }
+                    Some((_, AddAt::BeforeAct)) => {
+                        return Err(Error::InvalidArgument(
+                            "an affine block takes its residual after the activation".into(),
+                        ))
+                    }
+                }
+                Ok(out)
+            }
         })??;
         let flops = b as u64 * self.flops(h, w);
         crate::kernels::flops::add(flops);
@@ -640,6 +668,36 @@ mod tests {
         assert!(max_diff(&conv_tensor(&both, &x), &want) < 1e-6);
         let c = Conv2d::new(rng.vec(6), rng.vec(1), 6, 1, 1, 1, 0);
         assert!(Conv2d::concat(&[&a, &c]).is_err());
+    }
+
+    #[test]
+    fn affine_block_after_the_activation_then_the_residual() {
+        let mut rng = Rng(23);
+        // 1×1 (direct), 3×3 stride 1 (Winograd) and stride 2 (im2col) paths.
+        for (c_in, c_out, h, w, k, stride, padding) in
+            [(6, 5, 7, 9, 1, 1, 0), (16, 4, 9, 8, 3, 1, 1), (3, 4, 9, 9, 3, 2, 1)]
+        {
+            let x = Tensor::from_vec(rng.vec(2 * c_in * h * w), (2, c_in, h, w), &Device::Cpu).unwrap();
+            let (wv, bv) = (rng.vec(c_out * c_in * k * k), rng.vec(c_out));
+            let conv = Conv2d::new(wv.clone(), bv.clone(), c_in, c_out, k, stride, padding);
+            let (oh, ow) = conv.out_size(h, w);
+            let res = Tensor::from_vec(rng.vec(2 * c_out * oh * ow), (2, c_out, oh, ow), &Device::Cpu).unwrap();
+            let (scale, shift) = (0.6f32, -0.25f32);
+            let plain = reference(&x, &wv, &bv, (c_out, c_in, k), stride, padding, None, Activation::Relu);
+            let want = ((plain * scale as f64).unwrap() + shift as f64).unwrap();
+            let got = conv.forward_affine(&x, None, Activation::Relu, Some((scale, shift))).unwrap();
+            let d = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-4, "k{k} s{stride}: {d}");
+            let got =
+                conv.forward_affine(&x, Some((&res, AddAt::AfterAct)), Activation::Relu, Some((scale, shift))).unwrap();
+            let d = (got - (want + &res).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() <= 1e-4, "k{k} s{stride} with residual");
+            // A residual inside the activation cannot follow an affine block.
+            assert!(conv
+                .forward_affine(&x, Some((&res, AddAt::BeforeAct)), Activation::Relu, Some((1.0, 0.0)))
+                .is_err());
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::sync::OnceLock;
 
 use candle_core::{Device, Shape, Storage, Tensor};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::io::config::Activation;
@@ -424,6 +425,31 @@ fn act_inplace_impl(x: &mut [f32], act: Activation) {
 simd_dispatch! {
     /// `x[i] = act(x[i])`.
     pub fn act_inplace(x: &mut [f32], act: Activation) => act_inplace_impl
+}
+
+#[inline(always)]
+fn affine_add_impl(x: &mut [f32], scale: f32, shift: f32, residual: Option<&[f32]>) {
+    match residual {
+        Some(r) => x.iter_mut().zip(r).for_each(|(v, r)| *v = scale * *v + shift + r),
+        None => x.iter_mut().for_each(|v| *v = scale * *v + shift),
+    }
+}
+
+simd_dispatch! {
+    /// `x[i] = scale · x[i] + shift (+ residual[i])`.
+    fn affine_add(x: &mut [f32], scale: f32, shift: f32, residual: Option<&[f32]>) => affine_add_impl
+}
+
+/// [`affine_add`] over a whole buffer, in parallel chunks; `residual` has `x`'s length.
+pub fn affine_add_par(x: &mut [f32], scale: f32, shift: f32, residual: Option<&[f32]>) {
+    const CHUNK: usize = 1 << 14;
+    match residual {
+        Some(r) => {
+            assert_eq!(r.len(), x.len(), "residual length");
+            x.par_chunks_mut(CHUNK).zip(r.par_chunks(CHUNK)).for_each(|(x, r)| affine_add(x, scale, shift, Some(r)))
+        }
+        None => x.par_chunks_mut(CHUNK).for_each(|x| affine_add(x, scale, shift, None)),
+    }
 }
 
 #[inline(always)]

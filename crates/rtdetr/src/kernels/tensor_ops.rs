@@ -202,21 +202,6 @@ simd_dispatch! {
     fn max_pool_plane(s: &[f32], h: usize, w: usize, dst: &mut [f32]) => max_pool_plane_impl
 }
 
-/// `scale · x + shift` element-wise (HGNetV2's learnable affine block).
-pub fn scale_shift(x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
-    const CHUNK: usize = 1 << 14;
-    let v = with_f32(x, |src| {
-        let mut out = vec![0f32; src.len()];
-        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(dst, src)| {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = scale * s + shift;
-            }
-        });
-        out
-    })?;
-    Ok(Tensor::from_vec(v, x.dims(), x.device())?)
-}
-
 /// `F.pad(x, (0, 1, 0, 1))` on NCHW: one row and one column of zeros at the bottom and
 /// the right.
 pub fn pad_bottom_right(x: &Tensor) -> Result<Tensor> {
@@ -401,8 +386,6 @@ mod tests {
         }
         let one = Tensor::zeros((1, 1, 1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(max_pool_2x2_s1(&one).is_err());
-        let s: Vec<f32> = scale_shift(&t, 2.0, -1.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(s[0], 2.0 * x[0] - 1.0);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::io::config::{Activation, HgNetV2Config};
 use crate::io::weights::Weights;
-use crate::kernels::tensor_ops::{add, concat_channels, max_pool_2x2_s1, pad_bottom_right, scale_shift};
+use crate::kernels::tensor_ops::{add, concat_channels, max_pool_2x2_s1, pad_bottom_right};
 use crate::model::layers::{ConvBn, DwConvBn};
 
 /// BatchNorm epsilon of the backbone (`nn.BatchNorm2d`'s default, also
@@ -102,17 +102,18 @@ impl ConvLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match (&self.conv, self.lab) {
             (Conv::Dense(c), None) => c.forward(x),
-            (Conv::Dense(c), Some((scale, bias))) => scale_shift(&c.forward(x)?, scale, bias),
+            (Conv::Dense(c), Some((scale, bias))) => c.forward_affine(x, scale, bias, None),
             (Conv::Depthwise(c), None) => c.forward(x),
             (Conv::Depthwise(c), Some((scale, bias))) => c.forward_affine(x, scale, bias),
         }
     }
 
-    /// `self(x) + residual`, in one pass where the layer has no affine block.
+    /// `self(x) + residual`, in one pass for dense layers.
     fn forward_then_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match (&self.conv, self.lab) {
             (Conv::Dense(c), None) => c.forward_then_add(x, residual),
-            _ => add(&self.forward(x)?, residual),
+            (Conv::Dense(c), Some((scale, bias))) => c.forward_affine(x, scale, bias, Some(residual)),
+            (Conv::Depthwise(_), _) => add(&self.forward(x)?, residual),
         }
     }
 }

@@ -56,6 +56,12 @@ impl ConvBn {
         }
     }
 
+    /// `scale · self(x) + shift (+ residual)`: HGNetV2's learnable affine block after the
+    /// activation (then its block's residual), on the convolution's output in place.
+    pub fn forward_affine(&self, x: &Tensor, scale: f32, shift: f32, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.conv.forward_affine(x, residual.map(|r| (r, AddAt::AfterAct)), self.act, Some((scale, shift)))
+    }
+
     /// `self(x) + residual` (the layer's activation first) in one pass.
     pub fn forward_then_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         self.conv.forward(x, Some((residual, AddAt::AfterAct)), self.act)
