@@ -64,14 +64,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r PA PB PN < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-EOF
-)
+# A port free a moment ago; another process may still take it before we bind it, so every
+# start below retries with a new port when its bind fails ("Address already in use").
+free_port() {
+  "$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+}
 KEY="scaleout-test-key-$RANDOM$RANDOM"
 
 start_replica() { # start_replica NAME PORT -> sets REPLICA_PID
@@ -94,21 +91,34 @@ except Exception:
 EOF
 }
 
-echo "== scale-out test: replicas A=127.0.0.1:$PA B=127.0.0.1:$PB, nginx 127.0.0.1:$PN, work dir $W"
-start_replica A "$PA"; PID_A=$REPLICA_PID
-start_replica B "$PB"; PID_B=$REPLICA_PID
-for name in A B; do
-  port=$PA; pid=$PID_A
-  [ $name = B ] && port=$PB && pid=$PID_B
-  end=$((SECONDS + STARTUP_TIMEOUT))
-  until [ "$(health "$port")" = 200 ]; do
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$W/$name.log"; fail "replica $name exited during start-up"; }
-    [ $SECONDS -lt $end ] || { tail -20 "$W/$name.log"; fail "replica $name not healthy after ${STARTUP_TIMEOUT}s"; }
-    sleep 0.5
+start_healthy_replica() { # start_healthy_replica NAME -> sets REPLICA_PID, REPLICA_PORT
+  local name=$1 attempt port pid end
+  for attempt in 1 2 3 4 5; do
+    port=$(free_port)
+    start_replica "$name" "$port"; pid=$REPLICA_PID
+    end=$((SECONDS + STARTUP_TIMEOUT))
+    until [ "$(health "$port")" = 200 ]; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        grep -q "in use" "$W/$name.log" && { echo "-- port $port was taken (attempt $attempt), retrying"; continue 2; }
+        tail -20 "$W/$name.log"; fail "replica $name exited during start-up"
+      fi
+      [ $SECONDS -lt $end ] || { tail -20 "$W/$name.log"; fail "replica $name not healthy after ${STARTUP_TIMEOUT}s"; }
+      sleep 0.5
+    done
+    REPLICA_PORT=$port
+    echo "-- replica $name (pid $pid) healthy on 127.0.0.1:$port"
+    return 0
   done
-  echo "-- replica $name (pid $pid) healthy"
-done
+  fail "replica $name: no free port after 5 attempts"
+}
 
+echo "== scale-out test: work dir $W"
+start_healthy_replica A; PID_A=$REPLICA_PID; PA=$REPLICA_PORT
+start_healthy_replica B; PID_B=$REPLICA_PID; PB=$REPLICA_PORT
+
+NGINX_UP=0
+for attempt in 1 2 3 4 5; do
+PN=$(free_port)
 cat >"$W/nginx.conf" <<EOF
 worker_processes 1;
 pid $W/nginx.pid;
@@ -153,13 +163,22 @@ EOF
 "$NGINX" -t -q -p "$W" -e "$W/nginx-error.log" -c "$W/nginx.conf" 2>"$W/nginx-t.log" \
   || { cat "$W/nginx-t.log"; fail "nginx config rejected"; }
 "$NGINX" -p "$W" -e "$W/nginx-error.log" -c "$W/nginx.conf" -g 'daemon off;' >"$W/nginx.out" 2>&1 &
-PIDS+=("$!")
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
 end=$((SECONDS + 20))
 until "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', $PN), 1)" 2>/dev/null; do
+  if ! kill -0 "$NGINX_PID" 2>/dev/null; then
+    grep -q "in use" "$W/nginx-error.log" "$W/nginx.out" && { echo "-- port $PN was taken (attempt $attempt), retrying"; continue 2; }
+    cat "$W/nginx-error.log"; fail "nginx exited during start-up"
+  fi
   [ $SECONDS -lt $end ] || { cat "$W/nginx-error.log"; fail "nginx did not start"; }
   sleep 0.2
 done
-echo "-- nginx up"
+NGINX_UP=1
+break
+done
+[ "$NGINX_UP" = 1 ] || fail "nginx: no free port after 5 attempts"
+echo "-- nginx up on 127.0.0.1:$PN"
 
 # ------------------------------------------------------------------ load + SIGTERM half-way
 "$PY" "$HERE/load_client.py" --url "http://127.0.0.1:$PN" --api-key "$KEY" --image "$IMAGE" \
