@@ -22,8 +22,15 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$URL" ] || { cat "$LOG"; echo "rtdetr serve did not print its address"; exit 1; }
+# The fake camera plays a clip of the demo model's domain (a 320x240 window panning across
+# examples/shapes-1.png, 5 fps, looped by Chromium), so that detections and tracks appear.
+command -v ffmpeg >/dev/null || { echo "ffmpeg is needed to make the fake camera's clip"; exit 1; }
+CAMERA=$PWD/target/browser-camera.y4m
+ffmpeg -v error -y -loop 1 -framerate 5 -i examples/shapes-1.png -vf "crop=320:240:12*n:30,format=yuv420p" \
+  -frames:v 12 "$CAMERA"
 rc=0
-RTDETR_SERVER_URL="$URL" RTDETR_API_KEY="$KEY" node tests/browser/test.mjs examples/shapes-1.png || rc=$?
+RTDETR_SERVER_URL="$URL" RTDETR_API_KEY="$KEY" RTDETR_FAKE_CAMERA="$CAMERA" node tests/browser/test.mjs examples/shapes-1.png \
+  || rc=$?
 kill -TERM "$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" || true
 trap - EXIT
