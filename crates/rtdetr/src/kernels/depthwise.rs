@@ -113,20 +113,24 @@ impl DepthwiseConv2d {
                 // Padded column j·s + p goes to phase p, column j. The border cells are
                 // the same for every plane and never written: they stay zero from the
                 // allocation.
-                for (y, row) in src.chunks_exact(w).enumerate() {
-                    for p in 0..s {
-                        // The first input column x0 with (x0 + pad) mod s = p.
-                        let x0 = (p + s - pad % s) % s;
-                        if x0 >= w {
-                            continue;
-                        }
-                        let start = (p * rows + y + pad) * row_len + (x0 + pad) / s;
-                        let dst_row = &mut phased[start..start + (w - x0).div_ceil(s)];
-                        if s == 1 {
-                            dst_row.copy_from_slice(row);
-                        } else {
-                            for (d, &v) in dst_row.iter_mut().zip(row[x0..].iter().step_by(s)) {
-                                *d = v;
+                if s == 2 {
+                    split_rows_in_two(src, w, pad, rows, row_len, phased);
+                } else {
+                    for (y, row) in src.chunks_exact(w).enumerate() {
+                        for p in 0..s {
+                            // The first input column x0 with (x0 + pad) mod s = p.
+                            let x0 = (p + s - pad % s) % s;
+                            if x0 >= w {
+                                continue;
+                            }
+                            let start = (p * rows + y + pad) * row_len + (x0 + pad) / s;
+                            let dst_row = &mut phased[start..start + (w - x0).div_ceil(s)];
+                            if s == 1 {
+                                dst_row.copy_from_slice(row);
+                            } else {
+                                for (d, &v) in dst_row.iter_mut().zip(row[x0..].iter().step_by(s)) {
+                                    *d = v;
+                                }
                             }
                         }
                     }
@@ -140,6 +144,28 @@ impl DepthwiseConv2d {
             },
         );
         out
+    }
+}
+
+/// The phase split at stride 2 (the common case: HGNetV2's down-sampling, SCDown): input
+/// column 2j goes to phase pad mod 2, column j + ⌊pad/2⌋, and column 2j + 1 to the other
+/// phase, column j + ⌊(pad + 1)/2⌋; one pass over each row's pairs, which vectorises (the
+/// general loop's strided reads do not).
+fn split_rows_in_two(src: &[f32], w: usize, pad: usize, rows: usize, row_len: usize, phased: &mut [f32]) {
+    let (phase0, phase1) = phased.split_at_mut(rows * row_len);
+    let (even_phase, odd_phase) = if pad.is_multiple_of(2) { (phase0, phase1) } else { (phase1, phase0) };
+    let (even_col, odd_col) = (pad / 2, pad.div_ceil(2));
+    for (y, row) in src.chunks_exact(w).enumerate() {
+        let r = (y + pad) * row_len;
+        let even = &mut even_phase[r + even_col..r + even_col + w.div_ceil(2)];
+        let odd = &mut odd_phase[r + odd_col..r + odd_col + w / 2];
+        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+            *e = pair[0];
+            *o = pair[1];
+        }
+        if w % 2 == 1 {
+            even[w / 2] = row[w - 1];
+        }
     }
 }
 
