@@ -52,6 +52,31 @@ fn level_starts(levels: &[(usize, usize)]) -> (Vec<usize>, usize) {
     (starts, acc)
 }
 
+/// Where the levels start in the memory, its length S and the points per head, after
+/// checking that the buffers of one call have the shapes [`MsdaDims`] and the levels give.
+struct Layout {
+    starts: Vec<usize>,
+    seq: usize,
+    per_head: usize,
+}
+
+fn layout(
+    memory: &[f32],
+    levels: &[(usize, usize)],
+    points: &[usize],
+    locations: &[f32],
+    weights: &[f32],
+    d: MsdaDims,
+) -> Layout {
+    let (starts, seq) = level_starts(levels);
+    assert_eq!(points.len(), levels.len(), "one point count per level");
+    let per_head: usize = points.iter().sum();
+    assert_eq!(memory.len(), d.batch * seq * d.heads * d.head_dim, "memory shape");
+    assert_eq!(weights.len(), d.batch * d.queries * d.heads * per_head, "weights shape");
+    assert_eq!(locations.len(), weights.len() * 2, "locations shape");
+    Layout { starts, seq, per_head }
+}
+
 /// Calls `f(position, weight)` for every in-bounds bilinear corner of the sampling points
 /// of one (query, head): `locations`/`weights` start at its first (level, point), with
 /// `points[l]` points on level `l`.
@@ -131,12 +156,7 @@ pub fn sample_memory(
 ) -> (Vec<f32>, Vec<f32>) {
     let MsdaDims { batch, queries, heads, head_dim, method } = d;
     let d_model = heads * head_dim;
-    let (starts, seq) = level_starts(levels);
-    assert_eq!(points.len(), levels.len(), "one point count per level");
-    let per_head: usize = points.iter().sum();
-    assert_eq!(memory.len(), batch * seq * d_model, "memory shape");
-    assert_eq!(weights.len(), batch * queries * heads * per_head, "weights shape");
-    assert_eq!(locations.len(), weights.len() * 2, "locations shape");
+    let Layout { starts, seq, per_head } = layout(memory, levels, points, locations, weights, d);
     let mut sampled = vec![0f32; batch * queries * heads * d_model];
     let mut in_bounds = vec![0f32; batch * queries * heads];
     sampled.par_chunks_mut(d_model).zip(in_bounds.par_iter_mut()).enumerate().for_each(|(bqh, (acc, total))| {
@@ -161,12 +181,7 @@ pub fn sample_head_slices(
 ) -> Vec<f32> {
     let MsdaDims { batch, queries, heads, head_dim, method } = d;
     let d_model = heads * head_dim;
-    let (starts, seq) = level_starts(levels);
-    assert_eq!(points.len(), levels.len(), "one point count per level");
-    let per_head: usize = points.iter().sum();
-    assert_eq!(memory.len(), batch * seq * d_model, "memory shape");
-    assert_eq!(weights.len(), batch * queries * heads * per_head, "weights shape");
-    assert_eq!(locations.len(), weights.len() * 2, "locations shape");
+    let Layout { starts, seq, per_head } = layout(memory, levels, points, locations, weights, d);
     let mut out = vec![0f32; batch * queries * d_model];
     if head_dim == 0 {
         return out;
