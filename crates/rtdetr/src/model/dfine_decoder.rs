@@ -227,8 +227,11 @@ impl DFineDecoder {
                 None => self.bbox_embed[idx].forward(&x)?,
                 Some((prev_x, prev_corners)) => add(&self.bbox_embed[idx].forward(&add(&x, prev_x)?)?, prev_corners)?,
             };
-            let boxes = self.distance_to_boxes(initial, &corners)?;
-            let logits = self.quality_adjusted(&self.class_embed[idx].forward(&x)?, &corners, idx)?;
+            // Each edge's distribution over the bins, for the box and for the quality score.
+            let mut probs = with_f32(&corners, |c| c.to_vec())?;
+            softmax_rows(&mut probs, self.project.len());
+            let boxes = self.distance_to_boxes(initial, &probs)?;
+            let logits = self.quality_adjusted(&self.class_embed[idx].forward(&x)?, &probs, idx)?;
             outs.push(LayerOutput { logits, boxes: boxes.clone() });
             previous = Some((x.clone(), corners));
             reference = boxes;
@@ -237,49 +240,41 @@ impl DFineDecoder {
     }
 
     /// `distance2bbox(initial, integral(corners))`: each edge of the initial box moves by
-    /// the expected offset of its distribution, in units of the box's size / reg_scale.
-    fn distance_to_boxes(&self, initial: &Tensor, corners: &Tensor) -> Result<Tensor> {
+    /// the expected offset of its distribution (`probs`: softmax of the corners over the
+    /// bins), in units of the box's size / reg_scale.
+    fn distance_to_boxes(&self, initial: &Tensor, probs: &[f32]) -> Result<Tensor> {
         let bins = self.project.len();
         let reg = self.reg_scale;
         let boxes = with_f32(initial, |init| {
-            with_f32(corners, |c| {
-                let mut probs = c.to_vec();
-                softmax_rows(&mut probs, bins);
-                let mut out = Vec::with_capacity(init.len());
-                for (b, p) in init.chunks_exact(4).zip(probs.chunks_exact(4 * bins)) {
-                    let dist: Vec<f32> =
-                        p.chunks_exact(bins).map(|e| e.iter().zip(&self.project).map(|(a, w)| a * w).sum()).collect();
-                    let (cx, cy, w, h) = (b[0], b[1], b[2], b[3]);
-                    let x1 = cx - (0.5 * reg + dist[0]) * (w / reg);
-                    let y1 = cy - (0.5 * reg + dist[1]) * (h / reg);
-                    let x2 = cx + (0.5 * reg + dist[2]) * (w / reg);
-                    let y2 = cy + (0.5 * reg + dist[3]) * (h / reg);
-                    out.extend([(x1 + x2) / 2.0, (y1 + y2) / 2.0, x2 - x1, y2 - y1]);
-                }
-                out
-            })
-        })??;
+            let mut out = Vec::with_capacity(init.len());
+            for (b, p) in init.chunks_exact(4).zip(probs.chunks_exact(4 * bins)) {
+                let dist: Vec<f32> =
+                    p.chunks_exact(bins).map(|e| e.iter().zip(&self.project).map(|(a, w)| a * w).sum()).collect();
+                let (cx, cy, w, h) = (b[0], b[1], b[2], b[3]);
+                let x1 = cx - (0.5 * reg + dist[0]) * (w / reg);
+                let y1 = cy - (0.5 * reg + dist[1]) * (h / reg);
+                let x2 = cx + (0.5 * reg + dist[2]) * (w / reg);
+                let y2 = cy + (0.5 * reg + dist[3]) * (h / reg);
+                out.extend([(x1 + x2) / 2.0, (y1 + y2) / 2.0, x2 - x1, y2 - y1]);
+            }
+            out
+        })?;
         Ok(Tensor::from_vec(boxes, initial.dims(), initial.device())?)
     }
 
     /// `DFineLQE`: the logits plus a quality score from the top `top_prob_values`
-    /// probabilities of each edge's distribution and their mean.
-    fn quality_adjusted(&self, logits: &Tensor, corners: &Tensor, layer: usize) -> Result<Tensor> {
+    /// probabilities of each edge's distribution (`probs`) and their mean.
+    fn quality_adjusted(&self, logits: &Tensor, probs: &[f32], layer: usize) -> Result<Tensor> {
         let bins = self.project.len();
         let k = self.top_prob_values;
-        let stats = with_f32(corners, |c| {
-            let mut probs = c.to_vec();
-            softmax_rows(&mut probs, bins);
-            let mut stats = Vec::with_capacity(probs.len() / bins * (k + 1));
-            for edge in probs.chunks_exact(bins) {
-                let mut sorted = edge.to_vec();
-                sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-                let top = &sorted[..k];
-                stats.extend_from_slice(top);
-                stats.push(top.iter().sum::<f32>() / k as f32);
-            }
-            stats
-        })?;
+        let mut stats = Vec::with_capacity(probs.len() / bins * (k + 1));
+        for edge in probs.chunks_exact(bins) {
+            let mut sorted = edge.to_vec();
+            sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+            let top = &sorted[..k];
+            stats.extend_from_slice(top);
+            stats.push(top.iter().sum::<f32>() / k as f32);
+        }
         let (b, q, _) = logits.dims3()?;
         let stats = Tensor::from_vec(stats, (b, q, 4 * (k + 1)), logits.device())?;
         let quality = self.lqe[layer].forward(&stats)?;
