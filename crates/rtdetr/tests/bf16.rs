@@ -4,19 +4,16 @@
 //! The precision is a load option: the f32 and bf16 detectors of one checkpoint live side
 //! by side in one process.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
+use common::max_abs_diff;
 use rtdetr::{load_image, DetectOptions, Detection, Detector, LoadOptions, Precision};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 struct Run {

@@ -7,18 +7,17 @@
 //! `parity.rs`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
-use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use common::{fixture_dir, max_abs_diff};
 use rtdetr::dfine_internals::{DFineEncoder, HgNetV2, Weights};
 use rtdetr::io::config::{DFineConfig, ModelConfig};
 
 const TOL: f32 = 1e-4;
 const FIXTURES: [&str; 3] = ["tiny-dfine-n", "tiny-dfine", "tiny-dfine-discrete"];
-
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
 
 fn reference(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).expect("reference tensors")
@@ -29,13 +28,6 @@ fn config(dir: &Path) -> DFineConfig {
         ModelConfig::DFine(c) => *c,
         other => panic!("{}: expected a D-FINE config, got {other:?}", dir.display()),
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {

@@ -3,9 +3,12 @@
 //! bottleneck blocks, a non-square input, legacy Hub key names).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use common::{fixture_dir, max_abs_diff};
 use rtdetr::{load_image, DetectOptions, Detector, LoadOptions, StageTimes};
 
 const TOL: f32 = 1e-4;
@@ -23,20 +26,9 @@ const FIXTURES: [&str; 7] = [
 ];
 const IMAGES: [&str; 4] = ["photo_exif.jpg", "photo.png", "gray.png", "rgba.png"];
 
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
 fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture_dir(name).join("reference.safetensors"), &Device::Cpu)
         .expect("reference tensors")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
